@@ -1,0 +1,19 @@
+"""The ``refsav`` command: one typer app; each part of the pipeline adds its own sub-commands."""
+
+from __future__ import annotations
+
+import typer
+
+from refsav_pipeline.sav.cli import sav_app
+
+app = typer.Typer(
+    name="refsav",
+    help="Build Ref-SAV referring expressions from SA-V masklets.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(sav_app, name="sav")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,100 @@
+"""Pipeline configuration: one pydantic model, loaded from YAML, fingerprinted for resume safety.
+
+Each section belongs to one part of the pipeline; the fingerprint covers every field that can
+change an output row, so a resumed run refuses to mix rows made under different settings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from refsav_pipeline.llm.config import ClientConfig, ModelsConfig, ReferenceServerConfig
+
+MaskletType = Literal["manual", "auto"]
+RGB = tuple[int, int, int]
+YELLOW: RGB = (255, 255, 0)
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SelectionConfig(_Section):
+    """Which masklets become Ref-SAV objects."""
+
+    masklet_types: list[MaskletType] = ["manual", "auto"]
+    min_visible_frames: int = Field(1, ge=1, description="annotated frames with a non-empty mask")
+    min_area: int = Field(1, ge=0, description="pixels at the max-area frame")
+
+
+class FramesConfig(_Section):
+    num_sampled: int = Field(8, ge=1, description="frames for the video-level caption")
+
+
+class RenderConfig(_Section):
+    crop_margin: int = Field(8, ge=0, description="pixels around the bbox of the object crop")
+    contour_color: RGB = YELLOW
+    contour_thickness: int = Field(3, ge=1)
+    box_color: RGB = YELLOW
+    box_thickness: int = Field(3, ge=1)
+    box_style: Literal["rectangle", "corners"] = "rectangle"
+    box_margin: int = Field(4, ge=0)
+    jpeg_quality: int = Field(90, ge=10, le=100)
+    max_side: int = Field(1024, ge=32, description="longest image side sent to a model")
+
+
+class DecodeConfig(_Section):
+    backend: Literal["pyav", "opencv"] = "pyav"
+    check_frame_count: bool = True
+
+
+def load_yaml(path: str | Path) -> dict:
+    text = Path(path).read_text()
+    data = yaml.safe_load(text) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: top level must be a mapping")
+    return data
+
+
+class PipelineConfig(BaseModel):
+    """Root config. Sections are added by the parts of the pipeline that own them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    selection: SelectionConfig = SelectionConfig()
+    frames: FramesConfig = FramesConfig()
+    render: RenderConfig = RenderConfig()
+    decode: DecodeConfig = DecodeConfig()
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    client: ClientConfig = Field(default_factory=ClientConfig)
+    reference_server: ReferenceServerConfig = Field(default_factory=ReferenceServerConfig)
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> PipelineConfig:
+        return cls() if path is None else cls.model_validate(load_yaml(path))
+
+    def fingerprint(self) -> str:
+        """Hash of everything that shapes output rows (not where servers live)."""
+        data = self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+# Sections/fields that may change between a run and its resume without changing rows
+# (e.g. endpoint addresses, concurrency). Owners of later sections extend this.
+_FINGERPRINT_EXCLUDE: dict = {}
+
+# Model layer: where servers live, how they are launched and how hard we push them never
+# changes an answer; model ids, prompt versions, sampling and processor kwargs do and stay in.
+_SERVING_FIELDS = {"endpoints": True, "max_concurrency": True, "api_key_env": True, "vllm": True}
+_FINGERPRINT_EXCLUDE.update({
+    "models": {"captioner": _SERVING_FIELDS, "judge": _SERVING_FIELDS, "prompts": {"dir": True}},
+    "client": True,
+    "reference_server": True,
+})

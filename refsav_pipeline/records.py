@@ -1,0 +1,136 @@
+"""The Ref-SAV output row (one per selected masklet): the contract of pipeline, review, export.
+
+The Parquet schema is fixed here and nowhere else; ``ROW_SCHEMA`` is written into every shard so
+files from different runs concatenate, and ``read_rows`` is how every reader loads a run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict
+
+Status = Literal["ok", "rejected_inconsistent", "failed"]
+CALLS = ("object_crop", "object_masked", "judge", "scene", "video")
+"""The five model calls behind one row, in the order they are made."""
+
+SHARDS_DIR = "shards"
+
+
+class PerCall(BaseModel):
+    """One value per model call (prompt version, latency, tokens); ``None`` if not made."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    object_crop: str | float | int | None = None
+    object_masked: str | float | int | None = None
+    judge: str | float | int | None = None
+    scene: str | float | int | None = None
+    video: str | float | int | None = None
+
+
+class RefSavRow(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    video_id: str
+    masklet_id: int
+    masklet_type: str
+    masklet_index: int  # position in the annotation file's inner masklet list
+    video_path: str  # relative to the SA-V root
+    anno_path: str  # relative to the SA-V root (the _manual or _auto JSON)
+    height: int
+    width: int
+    video_frame_count: int
+    size_bucket: str | None = None
+    max_area_frame: int | None = None
+    max_area: int | None = None
+    sampled_frames: list[int] = []
+    bbox: list[int] | None = None  # [x, y, w, h] at max_area_frame
+    object_caption_crop: str | None = None
+    object_caption_masked: str | None = None
+    consistent: bool | None = None
+    judge_reason: str | None = None
+    object_caption: str | None = None
+    scene_caption: str | None = None
+    video_caption: str | None = None
+    captioner_model: str | None = None
+    judge_model: str | None = None
+    prompt_versions: PerCall = PerCall()
+    latency_s: PerCall = PerCall()
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_calls: int = 0
+    status: Status
+    error_kind: str | None = None
+    error: str | None = None
+    pipeline_version: str
+    config_fingerprint: str
+
+    @property
+    def key(self) -> tuple[str, str, int]:
+        return (self.video_id, self.masklet_type, self.masklet_id)
+
+
+def _per_call(value_type: pa.DataType) -> pa.DataType:
+    return pa.struct([pa.field(c, value_type) for c in CALLS])
+
+
+ROW_SCHEMA = pa.schema([
+    pa.field("video_id", pa.string(), nullable=False),
+    pa.field("masklet_id", pa.int32(), nullable=False),
+    pa.field("masklet_type", pa.string(), nullable=False),
+    pa.field("masklet_index", pa.int32(), nullable=False),
+    pa.field("video_path", pa.string(), nullable=False),
+    pa.field("anno_path", pa.string(), nullable=False),
+    pa.field("height", pa.int32(), nullable=False),
+    pa.field("width", pa.int32(), nullable=False),
+    pa.field("video_frame_count", pa.int32(), nullable=False),
+    pa.field("size_bucket", pa.string()),
+    pa.field("max_area_frame", pa.int32()),
+    pa.field("max_area", pa.int64()),
+    pa.field("sampled_frames", pa.list_(pa.int32())),
+    pa.field("bbox", pa.list_(pa.int32())),
+    pa.field("object_caption_crop", pa.string()),
+    pa.field("object_caption_masked", pa.string()),
+    pa.field("consistent", pa.bool_()),
+    pa.field("judge_reason", pa.string()),
+    pa.field("object_caption", pa.string()),
+    pa.field("scene_caption", pa.string()),
+    pa.field("video_caption", pa.string()),
+    pa.field("captioner_model", pa.string()),
+    pa.field("judge_model", pa.string()),
+    pa.field("prompt_versions", _per_call(pa.string())),
+    pa.field("latency_s", _per_call(pa.float64())),
+    pa.field("prompt_tokens", pa.int64(), nullable=False),
+    pa.field("completion_tokens", pa.int64(), nullable=False),
+    pa.field("cached_calls", pa.int32(), nullable=False),
+    pa.field("status", pa.string(), nullable=False),
+    pa.field("error_kind", pa.string()),
+    pa.field("error", pa.string()),
+    pa.field("pipeline_version", pa.string(), nullable=False),
+    pa.field("config_fingerprint", pa.string(), nullable=False),
+])
+
+
+def rows_to_table(rows: list[RefSavRow]) -> pa.Table:
+    return pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
+
+
+def table_to_rows(table: pa.Table) -> list[RefSavRow]:
+    return [RefSavRow.model_validate(d) for d in table.to_pylist()]
+
+
+def shard_files(out_dir: str | Path) -> list[Path]:
+    """Finished shard files of a run (temp files of unfinished writes are not ``*.parquet``)."""
+    return sorted((Path(out_dir) / SHARDS_DIR).glob("shard-*.parquet"))
+
+
+def read_rows(out_dir: str | Path) -> pa.Table:
+    """All rows of a run as one table, in shard order (empty table with the schema if none)."""
+    files = shard_files(out_dir)
+    if not files:
+        return ROW_SCHEMA.empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files])

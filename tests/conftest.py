@@ -1,0 +1,27 @@
+"""Shared fixtures: the real SA-V annotation from ../shared and small synthetic SA-V samples."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from refsav_pipeline.sav.synth import synth_sav
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+REAL_SAV_DIR = PROJECT_ROOT / ".." / "shared" / "fixtures" / "sa-v"
+REAL_SAV_JSON = REAL_SAV_DIR / "sav_000001_manual.json"
+
+
+@pytest.fixture(scope="session")
+def real_sav_dir() -> Path:
+    assert REAL_SAV_JSON.is_file(), f"missing the real SA-V fixture at {REAL_SAV_JSON}"
+    return REAL_SAV_DIR
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four synthetic videos (read-only for tests: copy before corrupting anything)."""
+    root = tmp_path_factory.mktemp("sav")
+    synth_sav(root, videos=4, seed=0)
+    return root
