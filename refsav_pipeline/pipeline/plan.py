@@ -1,0 +1,78 @@
+"""The plan of a run: which videos go in which shard. Written once, never changed by a resume.
+
+``plan.json`` also records the SA-V root and the config fingerprint, so every later command
+(resume, status, review, export, report) needs only the output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from refsav_pipeline import __version__
+from refsav_pipeline.sav.index import SavVideoRef
+
+PLAN_FILE = "plan.json"
+CONFIG_FILE = "config.json"
+
+
+class Shard(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    shard_id: int
+    videos: list[SavVideoRef]
+
+    @property
+    def name(self) -> str:
+        return f"shard-{self.shard_id:05d}"
+
+
+class Plan(BaseModel):
+    sav_root: str  # absolute
+    config_fingerprint: str
+    pipeline_version: str = __version__
+    created: str
+    shards: list[Shard]
+
+    @property
+    def num_videos(self) -> int:
+        return sum(len(s.videos) for s in self.shards)
+
+
+def make_plan(sav_root: str | Path, videos: list[SavVideoRef], shard_size: int,
+              fingerprint: str) -> Plan:
+    """Shards of ``shard_size`` whole videos in video-id order (deterministic)."""
+    if shard_size < 1:
+        raise ValueError("shard size must be at least 1")
+    videos = sorted(videos, key=lambda v: v.video_id)
+    shards = [Shard(shard_id=i // shard_size, videos=videos[i:i + shard_size])
+              for i in range(0, len(videos), shard_size)]
+    return Plan(sav_root=str(Path(sav_root).resolve()), config_fingerprint=fingerprint,
+                created=datetime.now(UTC).isoformat(timespec="seconds"), shards=shards)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp name, fsync, rename: readers see the old file or the new, never half."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def save_plan(out_dir: str | Path, plan: Plan) -> None:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / PLAN_FILE, plan.model_dump_json(indent=1).encode())
+
+
+def load_plan(out_dir: str | Path) -> Plan:
+    path = Path(out_dir) / PLAN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {out_dir} the output of `refsav run`?")
+    return Plan.model_validate(json.loads(path.read_text()))
