@@ -6,6 +6,7 @@ files from different runs concatenate, and ``read_rows`` is how every reader loa
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Literal
 
@@ -123,11 +124,58 @@ def table_to_rows(table: pa.Table) -> list[RefSavRow]:
     return [RefSavRow.model_validate(d) for d in table.to_pylist()]
 
 
+class ShardMarker(BaseModel):
+    """Written after a shard's Parquet file is in place; without a valid one the shard is redone."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    shard_id: int
+    rows: int
+    by_status: dict[str, int]
+    by_error_kind: dict[str, int] = {}
+    sha256: str  # of the Parquet file: a marker never vouches for another file
+    config_fingerprint: str
+    pipeline_version: str
+    started_at: float
+    finished_at: float
+    model_calls: int = 0
+    cached_calls: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def marker_path(parquet: Path) -> Path:
+    return parquet.with_name(parquet.name.removesuffix(".parquet") + ".done.json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def valid_marker(parquet: Path, fingerprint: str | None = None) -> ShardMarker | None:
+    """The shard's marker if it exists, parses, matches the file's hash (and fingerprint)."""
+    mpath = marker_path(parquet)
+    if not (mpath.is_file() and parquet.is_file()):
+        return None
+    try:
+        marker = ShardMarker.model_validate_json(mpath.read_bytes())
+    except ValueError:
+        return None
+    if fingerprint is not None and marker.config_fingerprint != fingerprint:
+        return None
+    if marker.sha256 != file_sha256(parquet):
+        return None
+    return marker
+
+
 def shard_files(out_dir: str | Path) -> list[Path]:
-    """Finished shard files of a run (temp files of unfinished writes are not ``*.parquet``)."""
-    return sorted((Path(out_dir) / SHARDS_DIR).glob("shard-*.parquet"))
-
-
+    """Finished shard files of a run: renamed into place and vouched for by a valid marker."""
+    found = sorted((Path(out_dir) / SHARDS_DIR).glob("shard-*.parquet"))
+    return [p for p in found if valid_marker(p) is not None]
 def read_rows(out_dir: str | Path) -> pa.Table:
     """All rows of a run as one table, in shard order (empty table with the schema if none)."""
     files = shard_files(out_dir)

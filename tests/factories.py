@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from refsav_pipeline import __version__
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.pipeline.plan import make_plan, save_plan
-from refsav_pipeline.records import SHARDS_DIR, PerCall, RefSavRow, rows_to_table
+from refsav_pipeline.pipeline.shards import write_shard
+from refsav_pipeline.records import PerCall, RefSavRow
 from refsav_pipeline.sav.frames import choose_frames
 from refsav_pipeline.sav.index import index_sav_root
 from refsav_pipeline.sav.masklets import read_video_masklets
@@ -25,13 +24,12 @@ FINGERPRINT = "test0000fingerpr"
 
 def write_fake_run(sav_root: Path, out_dir: Path, shard_size: int = 2,
                    fail_every: int = 0) -> list[RefSavRow]:
-    """Plan + Parquet shards for every masklet of ``sav_root``; every ``fail_every``-th row
-    is ``failed`` (0: none). Returns the rows in shard order."""
+    """Plan + marked Parquet shards for every masklet of ``sav_root``; every
+    ``fail_every``-th row is ``failed`` (0: none). Returns the rows in shard order."""
     truth = load_truth(sav_root)
     refs = index_sav_root(sav_root)
     plan = make_plan(sav_root, refs, shard_size, FINGERPRINT)
     save_plan(out_dir, plan)
-    (out_dir / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
     all_rows: list[RefSavRow] = []
     n = 0
     for shard in plan.shards:
@@ -78,6 +76,6 @@ def write_fake_run(sav_root: Path, out_dir: Path, shard_size: int = 2,
                                       scene=0.1, video=0.2),
                     prompt_tokens=1200, completion_tokens=150, status="ok",
                 ))
-        pq.write_table(rows_to_table(rows), out_dir / SHARDS_DIR / f"{shard.name}.parquet")
+        write_shard(out_dir, shard.shard_id, rows, FINGERPRINT)
         all_rows.extend(rows)
     return all_rows

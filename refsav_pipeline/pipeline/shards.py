@@ -1,0 +1,100 @@
+"""Shard files on disk: atomic writes, completion markers, and which shards are left to do.
+
+Write order is Parquet (temp name, fsync, rename) then marker (same). A crash between the two
+leaves a Parquet file no marker vouches for: it is treated as partial, discarded and redone.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections import Counter
+from enum import StrEnum
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from refsav_pipeline import __version__
+from refsav_pipeline.pipeline.plan import Plan, Shard, write_atomic
+from refsav_pipeline.records import (
+    ROW_SCHEMA,
+    SHARDS_DIR,
+    RefSavRow,
+    ShardMarker,
+    file_sha256,
+    marker_path,
+    rows_to_table,
+    table_to_rows,
+    valid_marker,
+)
+
+
+class ShardState(StrEnum):
+    done = "done"
+    partial = "partial"  # a file is there but no valid marker vouches for it
+    pending = "pending"
+
+
+def shard_path(out_dir: str | Path, shard: Shard | int) -> Path:
+    shard_id = shard if isinstance(shard, int) else shard.shard_id
+    return Path(out_dir) / SHARDS_DIR / f"shard-{shard_id:05d}.parquet"
+
+
+def parquet_bytes(rows: list[RefSavRow]) -> bytes:
+    buf = io.BytesIO()
+    pq.write_table(rows_to_table(rows), buf, compression="zstd")
+    return buf.getvalue()
+
+
+def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], fingerprint: str,
+                started_at: float | None = None) -> ShardMarker:
+    """Parquet then marker, each atomically; returns the marker."""
+    path = shard_path(out_dir, shard_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, parquet_bytes(rows))
+    errors = Counter(r.error_kind for r in rows if r.status == "failed" and r.error_kind)
+    marker = ShardMarker(
+        shard_id=shard_id,
+        rows=len(rows),
+        by_status=dict(sorted(Counter(r.status for r in rows).items())),
+        by_error_kind=dict(sorted(errors.items())),
+        sha256=file_sha256(path),
+        config_fingerprint=fingerprint,
+        pipeline_version=__version__,
+        started_at=started_at if started_at is not None else time.time(),
+        finished_at=time.time(),
+        model_calls=sum(sum(v is not None for v in r.prompt_versions.model_dump().values())
+                        for r in rows),
+        cached_calls=sum(r.cached_calls for r in rows),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+    )
+    write_atomic(marker_path(path), marker.model_dump_json(indent=1).encode())
+    return marker
+
+
+def read_shard(out_dir: str | Path, shard_id: int) -> list[RefSavRow]:
+    return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=ROW_SCHEMA))
+
+
+def shard_states(out_dir: str | Path, plan: Plan) -> dict[int, tuple[ShardState,
+                                                                    ShardMarker | None]]:
+    states = {}
+    for shard in plan.shards:
+        path = shard_path(out_dir, shard)
+        marker = valid_marker(path, plan.config_fingerprint)
+        if marker is not None:
+            states[shard.shard_id] = (ShardState.done, marker)
+        elif path.exists() or marker_path(path).exists():
+            states[shard.shard_id] = (ShardState.partial, None)
+        else:
+            states[shard.shard_id] = (ShardState.pending, None)
+    return states
+
+
+def discard_partial(out_dir: str | Path, shard: Shard) -> None:
+    """Remove a shard's unvouched file, stale marker and leftover temp files before redoing it."""
+    path = shard_path(out_dir, shard)
+    for p in (path, marker_path(path), *path.parent.glob(f".{path.name}.tmp-*"),
+              *path.parent.glob(f".{marker_path(path).name}.tmp-*")):
+        p.unlink(missing_ok=True)
