@@ -54,6 +54,19 @@ class DecodeConfig(_Section):
     check_frame_count: bool = True
 
 
+class RunConfig(_Section):
+    """How a run is spread over Ray: none of it changes a row, so none of it is fingerprinted."""
+
+    shard_size: int = Field(16, ge=1, description="whole videos per shard (fixed by the plan)")
+    cpu_workers: int = Field(0, ge=0, description="CPU-stage tasks at once; 0: the cluster's CPUs")
+    cpus_per_task: float = Field(1.0, gt=0, description="Ray num_cpus of one CPU-stage task")
+    model_actors: int = Field(1, ge=1, description="async actors making the model calls")
+    max_inflight_masklets: int = Field(64, ge=1, description="masklets in the model stage at once")
+    max_prepared_videos: int = Field(
+        8, ge=1, description="videos rendered but not yet captioned (the queue between stages)")
+    object_store_memory_mb: int = Field(1024, ge=128, description="local Ray instance only")
+
+
 def load_yaml(path: str | Path) -> dict:
     text = Path(path).read_text()
     data = yaml.safe_load(text) or {}
@@ -71,6 +84,7 @@ class PipelineConfig(BaseModel):
     frames: FramesConfig = FramesConfig()
     render: RenderConfig = RenderConfig()
     decode: DecodeConfig = DecodeConfig()
+    run: RunConfig = RunConfig()
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
     reference_server: ReferenceServerConfig = Field(default_factory=ReferenceServerConfig)
@@ -88,7 +102,7 @@ class PipelineConfig(BaseModel):
 
 # Sections/fields that may change between a run and its resume without changing rows
 # (e.g. endpoint addresses, concurrency). Owners of later sections extend this.
-_FINGERPRINT_EXCLUDE: dict = {}
+_FINGERPRINT_EXCLUDE: dict = {"run": True}
 
 # Model layer: where servers live, how they are launched and how hard we push them never
 # changes an answer; model ids, prompt versions, sampling and processor kwargs do and stay in.
