@@ -67,6 +67,18 @@ class RunConfig(_Section):
     object_store_memory_mb: int = Field(1024, ge=128, description="local Ray instance only")
 
 
+class ExportConfig(_Section):
+    """How a run becomes Sa2VA's files (``refsav export sa2va``); never changes a row.
+
+    ``long_expression`` picks the caption that becomes Sa2VA's long expression (``formated`` in
+    Ref-SAV.json, type 0 in the benchmark): the video-level caption is the published recipe's
+    final stage; ``scene+video`` joins the two with a space.
+    """
+
+    long_expression: Literal["video", "scene", "object", "scene+video"] = "video"
+    jpeg_quality: int = Field(95, ge=10, le=100, description="benchmark frame JPEGs")
+
+
 def load_yaml(path: str | Path) -> dict:
     text = Path(path).read_text()
     data = yaml.safe_load(text) or {}
@@ -88,6 +100,7 @@ class PipelineConfig(BaseModel):
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
     reference_server: ReferenceServerConfig = Field(default_factory=ReferenceServerConfig)
+    export: ExportConfig = ExportConfig()
 
     @classmethod
     def load(cls, path: str | Path | None) -> PipelineConfig:
@@ -112,3 +125,6 @@ _FINGERPRINT_EXCLUDE.update({
     "client": True,
     "reference_server": True,
 })
+
+# Export settings shape the exported files, never a row.
+_FINGERPRINT_EXCLUDE["export"] = True
