@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.sav.cli import sav_app
 
 app = typer.Typer(
@@ -13,6 +14,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(sav_app, name="sav")
+app.add_typer(serve_app, name="serve")
 
 
 if __name__ == "__main__":

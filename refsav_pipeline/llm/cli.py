@@ -1,0 +1,117 @@
+"""``refsav serve``: the offline reference server, or vLLM servers for the configured models."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+serve_app = typer.Typer(
+    help="Serve the models over the OpenAI chat-completions API (reference server or vLLM).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+ROLES = ("captioner", "judge")
+
+
+def _load(config: Path | None):  # -> PipelineConfig (lazy: keeps `refsav --help` fast)
+    from refsav_pipeline.config import PipelineConfig
+
+    return PipelineConfig.load(config)
+
+
+@serve_app.command("reference")
+def reference(
+    host: Annotated[str | None, typer.Option(help="bind address [config: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="port, 0 = any free [config: 8765]")] = None,
+    latency: Annotated[float | None, typer.Option(help="seconds added per completion")] = None,
+    fault_rate: Annotated[float | None, typer.Option(
+        help="probability of an injected fault per completion (500, hang, bad judge JSON)")] = None,
+    hang: Annotated[float | None, typer.Option(help="seconds a 'hang' fault lasts")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the fault generator")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="pipeline YAML: model names served, reference_server defaults")] = None,
+) -> None:
+    """Offline OpenAI-compatible server whose answers are computed from the images sent."""
+    from refsav_pipeline.llm.reference_server import run_server, served_models
+
+    cfg = _load(config)
+    over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
+                              "fault_rate": fault_rate, "hang_s": hang, "seed": seed}.items()
+            if v is not None}
+    rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
+    names = ", ".join(m.name for m in served_models(cfg.models))
+    typer.echo(f"reference server on http://{rs.host}:{rs.port}/v1 serving {names} "
+               f"(latency {rs.latency_s}s, fault rate {rs.fault_rate})", err=True)
+    run_server(cfg.models, rs)
+
+
+@serve_app.command("vllm")
+def vllm(
+    config: Annotated[Path, typer.Option(help="pipeline YAML with models.captioner/judge")],
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the commands only")] = False,
+    address: Annotated[str | None, typer.Option(
+        help="Ray cluster address (e.g. auto, ray://head:10001): one GPU actor per replica; "
+             "without it, local subprocesses")] = None,
+    only: Annotated[list[str] | None, typer.Option(help="serve only this role (repeatable)")]
+    = None,
+    endpoints_out: Annotated[Path | None, typer.Option(
+        help="write a copy of the config with the live endpoints filled in")] = None,
+    detach: Annotated[bool, typer.Option(
+        help="Ray only: leave the servers running as detached actors and exit")] = False,
+) -> None:
+    """Start `vllm serve` for each configured model, wait for /v1/models, print endpoints."""
+    from refsav_pipeline.llm.vllm_serve import LocalServers, RayServers, plan
+
+    cfg = _load(config)
+    roles = list(only or ROLES)
+    bad = set(roles) - set(ROLES)
+    if bad:
+        raise typer.BadParameter(f"unknown role(s) {sorted(bad)}; use {ROLES}")
+    launches = plan(cfg.models, roles, local=address is None)
+    if dry_run:
+        for la in launches:
+            where = ("local" if address is None
+                     else f"ray actor num_gpus={la.num_gpus} @ {address}")
+            typer.echo(f"# {la.role} replica {la.replica} ({where})")
+            typer.echo(la.shell())
+        return
+    servers: LocalServers | RayServers = (
+        LocalServers() if address is None else RayServers(address, detach=detach))
+    try:
+        servers.start(launches)
+        live = servers.wait("127.0.0.1") if isinstance(servers, LocalServers) else servers.wait()
+    except BaseException:
+        if not detach:
+            servers.stop()
+        raise
+    by_role: dict[str, list[str]] = {}
+    for la, url in live:
+        by_role.setdefault(la.role, []).append(url)
+        typer.echo(f"{la.role}\t{la.model.name}\t{url}")
+    if endpoints_out is not None:
+        data = yaml.safe_load(config.read_text()) or {}
+        for role, urls in by_role.items():
+            data.setdefault("models", {}).setdefault(role, {})["endpoints"] = urls
+        endpoints_out.write_text(yaml.safe_dump(data, sort_keys=False))
+        typer.echo(f"wrote {endpoints_out}", err=True)
+    if detach:
+        return
+    typer.echo("serving; Ctrl-C stops the servers", err=True)
+    try:
+        while servers.alive():
+            time.sleep(10)
+        typer.echo("a server exited; stopping the others", err=True)
+        raise typer.Exit(1)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        servers.stop()
+
+
+if __name__ == "__main__":
+    serve_app()

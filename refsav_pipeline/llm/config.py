@@ -1,0 +1,163 @@
+"""Config sections of the model layer (models, HTTP client, reference server).
+
+Kept free of ``refsav_pipeline.config`` imports: that module imports these classes to build
+``PipelineConfig``. What changes answers (model ids, prompt versions, sampling, processor
+kwargs) stays in the run fingerprint; where servers live and how hard we push them does not.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SamplingParams(_Section):
+    """Sampling sent with every request; greedy by default so answers are reproducible."""
+
+    temperature: float = Field(0.0, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_tokens: int = Field(512, ge=1)
+    seed: int | None = 0
+    repetition_penalty: float | None = None
+
+    def as_body(self) -> dict[str, Any]:
+        return {k: v for k, v in self.model_dump().items() if v is not None}
+
+
+class VllmServeConfig(_Section):
+    """How ``refsav serve vllm`` starts ``vllm serve`` for one model (never read by the client)."""
+
+    model_path: str | None = Field(None, description="local weights dir; default: the HF id")
+    tensor_parallel_size: int = Field(8, ge=1)
+    max_model_len: int = Field(16384, ge=256)
+    limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 8})
+    mm_processor_kwargs: dict[str, Any] | None = Field(
+        None, description="server-side default processor kwargs (bounds profiling memory)")
+    trust_remote_code: bool = True
+    dtype: str = "auto"
+    gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
+    replicas: int = Field(1, ge=1, description="independent servers of this model")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=1, le=65535, description="replica i listens on port + i")
+    gpus: list[int] | None = Field(
+        None, description="local mode: CUDA device ids, split tp-wise over the replicas")
+    extra_args: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    startup_timeout_s: float = Field(3600.0, gt=0)
+
+
+class ModelEndpointConfig(_Section):
+    """One model: its identity, where it is served, and how it is asked."""
+
+    model: str = Field(description="HF repo id; the model's identity in fingerprint and cache")
+    served_model_name: str | None = Field(
+        None, description="name sent as `model` in requests; default: `model`")
+    endpoints: list[str] = Field(
+        default_factory=lambda: ["http://127.0.0.1:8000/v1"],
+        description="OpenAI base URLs (ending in /v1) serving this model")
+    max_concurrency: int = Field(16, ge=1, description="in-flight requests per endpoint")
+    api_key_env: str | None = Field(
+        None, description="name of an env var holding the server's --api-key, if any")
+    sampling: SamplingParams = Field(default_factory=SamplingParams)
+    mm_processor_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="sent per request as vLLM `mm_processor_kwargs`")
+    vllm: VllmServeConfig = Field(default_factory=VllmServeConfig)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _strip(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one endpoint is needed")
+        return [u.rstrip("/") for u in v]
+
+    @property
+    def name(self) -> str:
+        return self.served_model_name or self.model
+
+
+class PromptRef(_Section):
+    """A prompt file by id and version (``prompts/<id>.v<version>.yaml``)."""
+
+    id: str
+    version: int = Field(ge=1)
+
+    def __str__(self) -> str:
+        return f"{self.id}@v{self.version}"
+
+
+class PromptsConfig(_Section):
+    """Which prompt version each call uses; versions are in the fingerprint, the dir is not."""
+
+    dir: str | None = Field(None, description="default: the repository's prompts/")
+    object_crop: PromptRef = PromptRef(id="object_caption_crop", version=1)
+    object_masked: PromptRef = PromptRef(id="object_caption_masked", version=1)
+    judge: PromptRef = PromptRef(id="consistency_judge", version=1)
+    scene: PromptRef = PromptRef(id="scene_caption", version=1)
+    video: PromptRef = PromptRef(id="video_caption", version=1)
+
+
+def _captioner() -> ModelEndpointConfig:
+    return ModelEndpointConfig(
+        model="OpenGVLab/InternVL2-Llama3-76B",
+        endpoints=["http://127.0.0.1:8000/v1"],
+        max_concurrency=16,
+        sampling=SamplingParams(max_tokens=512),
+        mm_processor_kwargs={"max_dynamic_patch": 6},
+        vllm=VllmServeConfig(tensor_parallel_size=8, max_model_len=16384,
+                             limit_mm_per_prompt={"image": 8},
+                             mm_processor_kwargs={"max_dynamic_patch": 6}, port=8000),
+    )
+
+
+def _judge() -> ModelEndpointConfig:
+    return ModelEndpointConfig(
+        model="Qwen/Qwen2-72B-Instruct",
+        endpoints=["http://127.0.0.1:8100/v1"],
+        max_concurrency=32,
+        sampling=SamplingParams(max_tokens=384),
+        vllm=VllmServeConfig(tensor_parallel_size=4, max_model_len=8192,
+                             limit_mm_per_prompt={}, trust_remote_code=False, port=8100),
+    )
+
+
+class ModelsConfig(_Section):
+    captioner: ModelEndpointConfig = Field(default_factory=_captioner)
+    judge: ModelEndpointConfig = Field(default_factory=_judge)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+
+
+class ClientConfig(_Section):
+    """HTTP behaviour of the client: never changes an answer, only whether/when we get it."""
+
+    connect_timeout_s: float = Field(5.0, gt=0)
+    request_timeout_s: float = Field(600.0, gt=0, description="whole request, per attempt")
+    max_attempts: int = Field(6, ge=1, description="transport attempts before a row fails")
+    max_parse_attempts: int = Field(3, ge=1, description="attempts when output is unparseable")
+    backoff_base_s: float = Field(1.0, ge=0)
+    backoff_max_s: float = Field(60.0, ge=0)
+    health_timeout_s: float = Field(5.0, gt=0)
+    reprobe_interval_s: float = Field(30.0, ge=0, description="wait before re-probing a dead one")
+    cache: bool = True
+    cache_path: str | None = Field(None, description="default: <out>/cache.sqlite")
+
+
+FaultKind = Literal["http_500", "hang", "malformed_json"]
+
+
+class ReferenceServerConfig(_Section):
+    """The offline reference server (``refsav serve reference``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    latency_s: float = Field(0.0, ge=0, description="added to every chat completion")
+    fault_rate: float = Field(0.0, ge=0, le=1)
+    faults: list[FaultKind] = Field(
+        default_factory=lambda: ["http_500", "hang", "malformed_json"],
+        description="malformed_json applies to judge requests only")
+    hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
+    seed: int = 0

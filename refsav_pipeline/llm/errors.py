@@ -1,0 +1,59 @@
+"""Model-call failures, as ``RecordError``s so the pipeline marks one row failed and goes on.
+
+Kinds: ``server_error`` (no usable answer after the retry budget: 5xx, 429, timeouts, dead
+endpoints), ``unparseable_output`` (the model answered but not in the required structure; the
+message keeps the raw text), ``model_bad_request`` (the server refused the request itself, e.g.
+too many images or context too long — retrying cannot help), ``bad_image`` (input is not JPEG).
+"""
+
+from __future__ import annotations
+
+from refsav_pipeline.errors import RecordError
+
+
+class ModelCallError(RecordError):
+    """The retry budget is spent without an answer."""
+
+    def __init__(self, message: str, *, kind: str = "server_error", model: str = "",
+                 attempts: int = 0, video_id: str | None = None,
+                 masklet_id: int | None = None) -> None:
+        super().__init__(kind, message, video_id=video_id, masklet_id=masklet_id)
+        self.model = model
+        self.attempts = attempts
+
+
+class UnparseableOutputError(RecordError):
+    """The model kept answering in a shape we cannot use; ``raw`` is its last answer."""
+
+    def __init__(self, message: str, *, raw: str, model: str = "", video_id: str | None = None,
+                 masklet_id: int | None = None) -> None:
+        super().__init__("unparseable_output", f"{message}; raw output: {raw!r}",
+                         video_id=video_id, masklet_id=masklet_id)
+        self.raw = raw
+        self.model = model
+
+
+class BadRequestError(ModelCallError):
+    """HTTP 4xx other than 429: the request itself is wrong for this server."""
+
+    def __init__(self, message: str, **kw: object) -> None:
+        super().__init__(message, kind="model_bad_request", **kw)  # type: ignore[arg-type]
+
+
+def with_where(err: RecordError, video_id: str | None, masklet_id: int | None) -> RecordError:
+    """The same error re-labelled with the record it belongs to (calls know it, the client not)."""
+    if video_id is None or err.video_id is not None:
+        return err
+    raw = getattr(err, "raw", None)
+    msg = str(err)
+    if isinstance(err, UnparseableOutputError):
+        msg = msg.split("; raw output: ", 1)[0]
+        new: RecordError = UnparseableOutputError(msg, raw=raw or "", model=err.model,
+                                                  video_id=video_id, masklet_id=masklet_id)
+    elif isinstance(err, ModelCallError):
+        new = ModelCallError(msg, kind=err.kind, model=err.model, attempts=err.attempts,
+                             video_id=video_id, masklet_id=masklet_id)
+    else:
+        new = RecordError(err.kind, msg, video_id=video_id, masklet_id=masklet_id)
+    new.__cause__ = err.__cause__
+    return new

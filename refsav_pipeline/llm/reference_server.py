@@ -1,0 +1,319 @@
+"""Offline reference server: the OpenAI chat-completions API of ``vllm serve``, without a model.
+
+Answers are computed from the images received (see ``reference_vision``), so the whole
+pipeline runs and is tested without GPUs, and wrong crops, frames or frame order show up in
+the captions. Which call a request is, is inferred from what a model would see: no image →
+text task (the judge, if it carries two descriptions); one image with yellow marks → scene;
+one image without → object; several images → video. Latency and faults (HTTP 500, hangs,
+malformed judge JSON) can be injected; successful answers are always deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import math
+import random
+import re
+import socket
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from refsav_pipeline.colors import color_terms_in
+from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.prompts import IMAGE_PLACEHOLDER
+from refsav_pipeline.llm.reference_vision import (
+    decode_jpeg,
+    has_highlight,
+    motion_direction,
+    see_object,
+    see_outlined,
+)
+
+OWNER = "refsav-reference"
+TILE = 448
+TOKENS_PER_TILE = 256  # InternVL2: 448 px tile → 256 visual tokens after pixel shuffle
+
+
+@dataclass
+class ServedModel:
+    name: str
+    image_limit: int | None  # None: no limit configured; 0: text-only
+
+
+@dataclass
+class ServerStats:
+    """Counters readable over ``GET /stats`` (tests count requests here)."""
+
+    requests: Counter = field(default_factory=Counter)
+    kinds: Counter = field(default_factory=Counter)
+    faults: Counter = field(default_factory=Counter)
+    models: Counter = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": dict(self.requests), "kinds": dict(self.kinds),
+                "faults": dict(self.faults), "models": dict(self.models),
+                "chat_completions": self.requests["chat_completions"]}
+
+    def reset(self) -> None:
+        for c in (self.requests, self.kinds, self.faults, self.models):
+            c.clear()
+
+
+def served_models(models: ModelsConfig) -> list[ServedModel]:
+    out: dict[str, ServedModel] = {}
+    for m in (models.captioner, models.judge):
+        lim = m.vllm.limit_mm_per_prompt
+        out[m.name] = ServedModel(m.name, lim.get("image", 0) if lim else 0)
+    return list(out.values())
+
+
+def _error(status: int, message: str, typ: str = "BadRequestError") -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": typ, "code": status}},
+                        status_code=status)
+
+
+def _split_content(messages: list[dict[str, Any]]) -> tuple[str, list[bytes]]:
+    """All text (joined) and all images (in order) of the messages."""
+    texts: list[str] = []
+    images: list[bytes] = []
+    for msg in messages:
+        content = msg.get("content")
+        if isinstance(content, str):
+            texts.append(content)
+            continue
+        for part in content or []:
+            if part.get("type") == "text":
+                texts.append(part.get("text", ""))
+            elif part.get("type") == "image_url":
+                url = (part.get("image_url") or {}).get("url", "")
+                m = re.match(r"data:image/[a-zA-Z]+;base64,(.*)", url, re.S)
+                if not m:
+                    raise ValueError("only base64 data URLs are supported offline")
+                images.append(base64.b64decode(m.group(1)))
+            else:
+                raise ValueError(f"unsupported content part {part.get('type')!r}")
+    return "\n".join(texts), images
+
+
+def _place(pos: str, what: str) -> str:
+    return f"in the center of the {what}" if pos == "center" else f"in the {pos} part of the {what}"
+
+
+def _tag(text: str, name: str) -> str | None:
+    m = re.search(rf"<{name}>\s*(.*?)\s*</{name}>", text, re.S)
+    return m.group(1) if m else None
+
+
+def answer(text: str, images: list[bytes]) -> tuple[str, str, dict[str, Any] | None]:
+    """(kind, answer text, judge verdict or None): the deterministic "model"."""
+    if not images:
+        a, b = _tag(text, "description_a"), _tag(text, "description_b")
+        if a is None or b is None:
+            return "text", "I can only answer about images or pairs of descriptions.", None
+        ca, cb = color_terms_in(a), color_terms_in(b)
+        consistent = set(ca) == set(cb)
+        if consistent:
+            reason = (f"Both descriptions name the colour {', '.join(ca)}." if ca
+                      else "Neither description names a colour, and nothing contradicts.")
+        else:
+            reason = (f"Description A names {', '.join(ca) or 'no colour'} but description B "
+                      f"names {', '.join(cb) or 'no colour'}.")
+        verdict = {"consistent": consistent, "reason": reason,
+                   "description": b if consistent else ""}
+        return "judge", json.dumps(verdict), verdict
+    rgbs = [decode_jpeg(i) for i in images]
+    if len(rgbs) >= 2:
+        direction, seen = motion_direction(rgbs)
+        if not seen:
+            return "video", "I cannot find a yellow box in these frames.", None
+        color = next((s.color for s in seen if s.color), None)
+        subject = f"The {color} object in the yellow box" if color else "The boxed object"
+        verb = "stays still" if direction == "still" else f"moves {direction}"
+        return "video", f"{subject} {verb} across the video.", None
+    rgb = rgbs[0]
+    if has_highlight(rgb):
+        s = see_outlined(rgb)
+        if s.color is None:
+            return "scene", "I cannot find an outlined object in this frame.", None
+        return ("scene", f"The {s.color} object outlined in yellow is "
+                f"{_place(s.position, 'frame')}.", None)
+    s = see_object(rgb)
+    if s.color is None:
+        return "object", "The image is completely black; I cannot see any object.", None
+    return "object", f"A {s.color} object {_place(s.position, 'image')}.", None
+
+
+def _count_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _image_tokens(jpeg: bytes, max_patches: int) -> int:
+    h, w = decode_jpeg(jpeg).shape[:2]
+    tiles = min(max_patches, math.ceil(w / TILE) * math.ceil(h / TILE))
+    return TOKENS_PER_TILE * (tiles + (1 if tiles > 1 else 0))
+
+
+def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI:
+    """The FastAPI app; ``app.state.stats`` holds the counters."""
+    app = FastAPI(title="refsav reference server", docs_url=None, redoc_url=None)
+    stats = ServerStats()
+    app.state.stats = stats
+    by_name = {m.name: m for m in models}
+    rng = random.Random(cfg.seed)
+    created = int(time.time())
+
+    @app.get("/health")
+    async def health() -> dict[str, str]:
+        stats.requests["health"] += 1
+        return {"status": "ok"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        stats.requests["models"] += 1
+        return {"object": "list", "data": [
+            {"id": m.name, "object": "model", "created": created, "owned_by": OWNER,
+             "root": m.name, "parent": None} for m in models]}
+
+    @app.get("/stats")
+    async def get_stats() -> dict[str, Any]:
+        return stats.as_dict()
+
+    @app.post("/stats/reset")
+    async def reset_stats() -> dict[str, Any]:
+        stats.reset()
+        return stats.as_dict()
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(request: Request) -> JSONResponse | dict[str, Any]:
+        stats.requests["chat_completions"] += 1
+        try:
+            body = await request.json()
+        except ValueError:
+            return _error(400, "request body is not JSON")
+        name = body.get("model")
+        if name not in by_name:
+            return _error(404, f"The model `{name}` does not exist.", "NotFoundError")
+        stats.models[name] += 1
+        try:
+            text, images = _split_content(body.get("messages") or [])
+        except ValueError as e:
+            return _error(400, str(e))
+        limit = by_name[name].image_limit
+        if images and limit is not None and len(images) > limit:
+            return _error(400, f"At most {limit} image(s) may be provided in one prompt; "
+                               f"got {len(images)}.")
+        if text.count(IMAGE_PLACEHOLDER) > len(images):
+            return _error(400, f"Found more '{IMAGE_PLACEHOLDER}' placeholders in input prompt "
+                               "than actual multimodal data items.")
+        wants_json = (body.get("response_format") or {}).get("type") in ("json_schema",
+                                                                           "json_object")
+        if cfg.latency_s:
+            await asyncio.sleep(cfg.latency_s)
+
+        fault = None
+        if cfg.fault_rate and rng.random() < cfg.fault_rate:
+            choices = [f for f in cfg.faults if f != "malformed_json" or wants_json]
+            fault = rng.choice(choices) if choices else None
+        if fault == "http_500":
+            stats.faults["http_500"] += 1
+            return _error(500, "injected fault", "InternalServerError")
+        if fault == "hang":
+            stats.faults["hang"] += 1
+            deadline = time.monotonic() + cfg.hang_s
+            while time.monotonic() < deadline:
+                if await request.is_disconnected():
+                    return _error(499, "client went away", "ClientClosedRequest")
+                await asyncio.sleep(0.05)
+            return _error(503, "injected hang ended", "ServiceUnavailable")
+
+        try:
+            kind, content, _ = await asyncio.to_thread(answer, text, images)
+        except ValueError as e:
+            return _error(400, str(e))
+        stats.kinds[kind] += 1
+        if fault == "malformed_json":
+            stats.faults["malformed_json"] += 1
+            content = content[: max(1, len(content) // 2)]
+        max_patches = int((body.get("mm_processor_kwargs") or {}).get("max_dynamic_patch", 12))
+        prompt_tokens = _count_tokens(text) + sum(_image_tokens(i, max_patches) for i in images)
+        completion_tokens = _count_tokens(content)
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
+            "created": int(time.time()), "model": name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
+                         "logprobs": None, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        }
+
+    return app
+
+
+def _uvicorn_config(app: FastAPI) -> uvicorn.Config:
+    return uvicorn.Config(app, log_level="warning", lifespan="off",
+                          timeout_graceful_shutdown=1, access_log=False)
+
+
+def run_server(models: ModelsConfig, cfg: ReferenceServerConfig) -> None:
+    """Serve in the foreground until interrupted (``refsav serve reference``)."""
+    app = create_app(served_models(models), cfg)
+    config = _uvicorn_config(app)
+    config.host, config.port = cfg.host, cfg.port
+    uvicorn.Server(config).run()
+
+
+class ReferenceServer:
+    """The server on a background thread, for tests and benchmarks (real HTTP on loopback)."""
+
+    def __init__(self, models: ModelsConfig, cfg: ReferenceServerConfig | None = None) -> None:
+        self.cfg = cfg or ReferenceServerConfig(port=0)
+        self.app = create_app(served_models(models), self.cfg)
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((self.cfg.host, self.cfg.port))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(_uvicorn_config(self.app))
+        self._thread = threading.Thread(target=self._server.run,
+                                        kwargs={"sockets": [self._sock]}, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.cfg.host}:{self.port}/v1"
+
+    @property
+    def stats(self) -> ServerStats:
+        return self.app.state.stats
+
+    def start(self) -> ReferenceServer:
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("reference server did not start")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> ReferenceServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = ["ReferenceServer", "ServedModel", "answer", "create_app", "run_server",
+           "served_models"]

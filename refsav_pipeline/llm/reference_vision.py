@@ -1,0 +1,138 @@
+"""What the offline reference "model" sees in an image: colour, place, yellow marks, motion.
+
+Deterministic functions of the pixels, so captions expose upstream mistakes: a wrong crop names
+the wrong colour, a wrong mask puts the object in the wrong place, reversed frames reverse the
+motion. Used by ``reference_server``; kept separate so it can be tested without HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from refsav_pipeline.colors import (
+    COLOR_TERMS,
+    color_indices,
+    dominant_color_name,
+    highlight_mask,
+)
+
+NON_BLACK = 40
+"""Max channel above which a pixel counts as object in a masked image (JPEG noise stays below)."""
+MIN_PIXELS = 12
+STILL_FRACTION = 0.05
+"""Box-centre displacement, as a fraction of the image side, below which an object is still."""
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    """JPEG bytes → HxWx3 RGB uint8 (ValueError if undecodable)."""
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if arr is None:
+        raise ValueError("undecodable image")
+    return cv2.cvtColor(arr, cv2.COLOR_BGR2RGB)
+
+
+def position_name(cx: float, cy: float, w: int, h: int) -> str:
+    """3×3 grid name: "top left", "top", …, "center", …, "bottom right"."""
+    col = ("left", "", "right")[min(2, int(3 * cx / max(w, 1)))]
+    row = ("top", "", "bottom")[min(2, int(3 * cy / max(h, 1)))]
+    return " ".join(p for p in (row, col) if p) or "center"
+
+
+def has_highlight(rgb: np.ndarray) -> bool:
+    """True if the image carries a yellow contour or box (enough yellow pixels to be a line)."""
+    n = int(highlight_mask(rgb).sum())
+    return n >= max(30, int(0.0005 * rgb.shape[0] * rgb.shape[1]))
+
+
+@dataclass(frozen=True)
+class Seen:
+    color: str | None
+    position: str
+    cx: float = 0.0
+    cy: float = 0.0
+
+
+def see_object(rgb: np.ndarray) -> Seen:
+    """Dominant colour and place of the non-black pixels (object crop or masked frame)."""
+    mask = rgb.max(axis=2) > NON_BLACK
+    if int(mask.sum()) < MIN_PIXELS:
+        return Seen(None, "nowhere")
+    ys, xs = np.nonzero(mask)
+    h, w = mask.shape
+    cx, cy = float(xs.mean()), float(ys.mean())
+    return Seen(dominant_color_name(rgb[mask]), position_name(cx, cy, w, h), cx, cy)
+
+
+def _highlight_regions(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(yellow line mask, filled area enclosed by the yellow lines) as uint8 0/255 masks."""
+    yellow = highlight_mask(rgb).astype(np.uint8) * 255
+    closed = cv2.morphologyEx(yellow, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
+    contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    filled = np.zeros_like(yellow)
+    big = [c for c in contours if cv2.contourArea(c) >= 9]
+    cv2.drawContours(filled, big, -1, 255, thickness=cv2.FILLED)
+    return yellow, filled
+
+
+def see_outlined(rgb: np.ndarray) -> Seen:
+    """Colour of what lies inside the yellow contour, and where that is in the frame."""
+    yellow, filled = _highlight_regions(rgb)
+    line = cv2.dilate(yellow, np.ones((5, 5), np.uint8))
+    inside = (filled > 0) & (line == 0)
+    if int(inside.sum()) < MIN_PIXELS:
+        inside = filled > 0
+        if int(inside.sum()) < MIN_PIXELS:
+            return Seen(None, "nowhere")
+    ys, xs = np.nonzero(inside)
+    h, w = inside.shape
+    cx, cy = float(xs.mean()), float(ys.mean())
+    return Seen(dominant_color_name(rgb[inside]), position_name(cx, cy, w, h), cx, cy)
+
+
+def see_box(rgb: np.ndarray) -> Seen | None:
+    """Centre of the yellow box and the most frequent chromatic colour inside it."""
+    yellow, filled = _highlight_regions(rgb)
+    if int((yellow > 0).sum()) < MIN_PIXELS:
+        return None
+    ys, xs = np.nonzero(filled if filled.any() else yellow)
+    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    h, w = yellow.shape
+    inner = np.zeros_like(yellow, dtype=bool)
+    m = 5
+    if x1 - x0 > 2 * m and y1 - y0 > 2 * m:
+        inner[y0 + m:y1 - m, x0 + m:x1 - m] = True
+    px = rgb[inner & (cv2.dilate(yellow, np.ones((5, 5), np.uint8)) == 0)]
+    color = _object_color(px)
+    return Seen(color, position_name(cx, cy, w, h), float(cx), float(cy))
+
+
+def _object_color(px: np.ndarray) -> str | None:
+    """Inside a box the background shows too: prefer the most frequent non-gray colour."""
+    if px.shape[0] == 0:
+        return None
+    counts = np.bincount(color_indices(px), minlength=len(COLOR_TERMS))
+    order = [COLOR_TERMS.index(c) for c in ("gray", "black")]
+    chromatic = counts.copy()
+    chromatic[order] = 0
+    if chromatic.sum() >= 0.05 * counts.sum():
+        return COLOR_TERMS[int(chromatic.argmax())]
+    return COLOR_TERMS[int(counts.argmax())]
+
+
+def motion_direction(frames: list[np.ndarray]) -> tuple[str, list[Seen]]:
+    """Direction the yellow box moves from the first to the last frame it is found in."""
+    seen = [s for s in (see_box(f) for f in frames) if s is not None]
+    if len(seen) < 2:
+        return "still", seen
+    h, w = frames[0].shape[:2]
+    dx = (seen[-1].cx - seen[0].cx) / w
+    dy = (seen[-1].cy - seen[0].cy) / h
+    if max(abs(dx), abs(dy)) < STILL_FRACTION:
+        return "still", seen
+    if abs(dx) >= abs(dy):
+        return ("right" if dx > 0 else "left"), seen
+    return ("down" if dy > 0 else "up"), seen

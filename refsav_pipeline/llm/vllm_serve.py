@@ -1,0 +1,236 @@
+"""Start ``vllm serve`` per configured model: local subprocesses or Ray actors on GPU nodes.
+
+vLLM is never imported: it runs as its own process (the ``[vllm]`` extra, or any image that
+has the ``vllm`` command), so the core pipeline installs and tests without it. A Ray actor
+only reserves ``num_gpus = tensor_parallel_size`` on one node and runs the same command there;
+Ray's CUDA_VISIBLE_DEVICES is inherited and vLLM is forced onto its multiprocessing executor
+so it uses exactly those GPUs instead of joining the cluster as a Ray driver.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from refsav_pipeline.llm.config import ModelEndpointConfig, ModelsConfig
+
+
+@dataclass
+class Launch:
+    """One server replica to start."""
+
+    role: str
+    replica: int
+    model: ModelEndpointConfig
+    argv: list[str]
+    port: int
+    gpus: list[int] | None = None  # local mode only
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def num_gpus(self) -> int:
+        return self.model.vllm.tensor_parallel_size
+
+    def shell(self) -> str:
+        pre = [f"{k}={shlex.quote(v)}" for k, v in sorted(self.env.items())]
+        if self.gpus is not None:
+            pre.insert(0, "CUDA_VISIBLE_DEVICES=" + ",".join(map(str, self.gpus)))
+        return " ".join([*pre, shlex.join(self.argv)])
+
+
+def _json(d: dict[str, Any]) -> str:
+    return json.dumps(d, separators=(",", ":"), sort_keys=True)
+
+
+def vllm_argv(m: ModelEndpointConfig, port: int) -> list[str]:
+    """The ``vllm serve`` command line for one model (current vLLM CLI: JSON-valued dict args)."""
+    v = m.vllm
+    argv = ["vllm", "serve", v.model_path or m.model,
+            "--served-model-name", m.name,
+            "--host", v.host, "--port", str(port),
+            "--tensor-parallel-size", str(v.tensor_parallel_size),
+            "--max-model-len", str(v.max_model_len),
+            "--dtype", v.dtype,
+            "--gpu-memory-utilization", str(v.gpu_memory_utilization),
+            "--distributed-executor-backend", "mp"]
+    if v.limit_mm_per_prompt:
+        argv += ["--limit-mm-per-prompt", _json(v.limit_mm_per_prompt)]
+    if v.mm_processor_kwargs:
+        argv += ["--mm-processor-kwargs", _json(v.mm_processor_kwargs)]
+    if v.trust_remote_code:
+        argv.append("--trust-remote-code")
+    return argv + list(v.extra_args)
+
+
+def plan(models: ModelsConfig, roles: list[str], *, local: bool) -> list[Launch]:
+    """Every replica of every selected model; local mode also assigns GPUs.
+
+    Without explicit ``gpus``, local replicas take consecutive device ids in config order
+    (captioner first), so check the printed plan on a node with fewer GPUs than the sum.
+    """
+    out: list[Launch] = []
+    cursor = 0
+    for role in roles:
+        m: ModelEndpointConfig = getattr(models, role)
+        v = m.vllm
+        env = dict(v.env)
+        for i in range(v.replicas):
+            port = v.port + i
+            gpus = None
+            if local:
+                tp = v.tensor_parallel_size
+                if v.gpus is not None:
+                    if len(v.gpus) < tp * v.replicas:
+                        raise ValueError(f"{role}: {v.replicas} replica(s) × tp {tp} need "
+                                         f"{tp * v.replicas} GPUs, config lists {len(v.gpus)}")
+                    gpus = v.gpus[i * tp:(i + 1) * tp]
+                else:
+                    gpus = list(range(cursor, cursor + tp))
+                    cursor += tp
+            out.append(Launch(role, i, m, vllm_argv(m, port), port, gpus, env))
+    return out
+
+
+def _secret_env(launch: Launch) -> dict[str, str]:
+    """The API key goes through VLLM_API_KEY so it never appears in printed commands."""
+    name = launch.model.api_key_env
+    if name and os.environ.get(name):
+        return {"VLLM_API_KEY": os.environ[name]}
+    return {}
+
+
+def wait_healthy(url: str, served_name: str, timeout_s: float,
+                 alive: Callable[[], bool] = lambda: True, poll_s: float = 5.0) -> None:
+    """Poll ``{url}/models`` until it lists ``served_name``; raise if it died or timed out."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            r = httpx.get(f"{url}/models", timeout=5.0, trust_env=False)
+            if r.status_code == 200 and served_name in {m.get("id") for m in r.json()["data"]}:
+                return
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if not alive():
+            raise RuntimeError(f"server for {served_name} at {url} exited before it was healthy")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s")
+        time.sleep(poll_s)
+
+
+# -- local subprocesses -----------------------------------------------------------------------
+
+class LocalServers:
+    """``vllm serve`` children of this process; stopped together."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[Launch, subprocess.Popen[bytes]]] = []
+
+    def start(self, launches: list[Launch]) -> None:
+        for la in launches:
+            env = {**os.environ, **la.env, **_secret_env(la)}
+            if la.gpus is not None:
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, la.gpus))
+            proc = subprocess.Popen(la.argv, env=env, start_new_session=True)
+            self.procs.append((la, proc))
+
+    def wait(self, host: str) -> list[tuple[Launch, str]]:
+        out = []
+        for la, proc in self.procs:
+            url = f"http://{host}:{la.port}/v1"
+            wait_healthy(url, la.model.name, la.model.vllm.startup_timeout_s,
+                         alive=lambda p=proc: p.poll() is None)
+            out.append((la, url))
+        return out
+
+    def alive(self) -> bool:
+        return all(p.poll() is None for _, p in self.procs)
+
+    def stop(self) -> None:
+        for _, p in self.procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for _, p in self.procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+# -- Ray actors ---------------------------------------------------------------------------------
+
+class _VllmProcess:
+    """Ray actor body: runs one ``vllm serve`` on the node Ray placed it on."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, argv: list[str], env: dict[str, str]) -> tuple[str, int]:
+        import ray
+
+        self.proc = subprocess.Popen(argv, env={**os.environ, **env},
+                                     stdout=sys.stdout, stderr=sys.stderr)
+        return ray.util.get_node_ip_address(), self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+class RayServers:
+    """One actor per replica with ``num_gpus = tensor_parallel_size``."""
+
+    def __init__(self, address: str, *, detach: bool = False) -> None:
+        import ray
+
+        self.ray = ray
+        if not ray.is_initialized():
+            ray.init(address=address)
+        self.detach = detach
+        self.actors: list[tuple[Launch, Any, str]] = []
+
+    def start(self, launches: list[Launch]) -> None:
+        remote = self.ray.remote(_VllmProcess)
+        for la in launches:
+            opts: dict[str, Any] = {"num_gpus": la.num_gpus, "num_cpus": 1}
+            if self.detach:
+                opts.update(name=f"refsav-vllm-{la.role}-{la.replica}", lifetime="detached",
+                            get_if_exists=True)
+            actor = remote.options(**opts).remote()
+            ip, _pid = self.ray.get(actor.start.remote(la.argv, {**la.env, **_secret_env(la)}))
+            self.actors.append((la, actor, ip))
+
+    def wait(self) -> list[tuple[Launch, str]]:
+        out = []
+        for la, actor, ip in self.actors:
+            url = f"http://{ip}:{la.port}/v1"
+            wait_healthy(url, la.model.name, la.model.vllm.startup_timeout_s,
+                         alive=lambda a=actor: self.ray.get(a.alive.remote()))
+            out.append((la, url))
+        return out
+
+    def alive(self) -> bool:
+        return all(self.ray.get(a.alive.remote()) for _, a, _ in self.actors)
+
+    def stop(self) -> None:
+        for _, a, _ in self.actors:
+            try:
+                self.ray.get(a.stop.remote(), timeout=90)
+            finally:
+                self.ray.kill(a)
