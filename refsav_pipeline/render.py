@@ -96,6 +96,9 @@ class Renderer:
     def crop(self, frame: np.ndarray, mask: np.ndarray, box: Box) -> np.ndarray:
         return object_crop(frame, mask, box, self.cfg.crop_margin)
 
+    def masked(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return masked_frame(frame, mask)
+
     def contour(self, frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return contour_image(frame, mask, self.cfg.contour_color, self.cfg.contour_thickness)
 

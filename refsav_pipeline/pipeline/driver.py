@@ -1,0 +1,133 @@
+"""What ``refsav run`` and ``refsav resume`` do: plan once, then finish what is left.
+
+The plan and the resolved config are written on the first run and never change; every later
+command reads them from the output folder. A different config fingerprint is refused, since it
+would mix rows made under different settings in one dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.pipeline.plan import (
+    CONFIG_FILE,
+    PLAN_FILE,
+    Plan,
+    load_plan,
+    make_plan,
+    save_plan,
+    write_atomic,
+)
+from refsav_pipeline.pipeline.prepare import MaskletKey
+from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
+from refsav_pipeline.pipeline.shards import ShardState, read_shard, shard_states
+from refsav_pipeline.records import SHARDS_DIR
+from refsav_pipeline.sav.index import index_sav_root
+
+RUNS_LOG = "runs.jsonl"
+
+
+class RunRefused(Exception):
+    """The output folder holds a run that this command must not touch as asked."""
+
+
+def save_config(out_dir: Path, cfg: PipelineConfig) -> None:
+    write_atomic(out_dir / CONFIG_FILE, cfg.model_dump_json(indent=1).encode())
+
+
+def load_run_config(out_dir: str | Path, override: str | Path | None = None) -> PipelineConfig:
+    """The run's own config, or ``override`` if its fingerprint is the same (new endpoints)."""
+    out_dir = Path(out_dir)
+    saved = PipelineConfig.model_validate_json((out_dir / CONFIG_FILE).read_text())
+    if override is None:
+        return saved
+    cfg = PipelineConfig.load(override)
+    if cfg.fingerprint() != saved.fingerprint():
+        raise RunRefused(
+            f"{override} changes what rows contain (fingerprint {cfg.fingerprint()} != "
+            f"{saved.fingerprint()}); only endpoints, concurrency and timeouts may change "
+            "on resume")
+    return cfg
+
+
+def _log_run(out_dir: Path, entry: dict) -> None:
+    with open(out_dir / RUNS_LOG, "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def prepare_output(sav_root: str | Path, out_dir: str | Path, cfg: PipelineConfig, *,
+                   limit_videos: int | None = None, force: bool = False) -> Plan:
+    """The run's plan: made and saved now, or the existing one if it is compatible."""
+    out_dir = Path(out_dir)
+    fingerprint = cfg.fingerprint()
+    if (out_dir / PLAN_FILE).exists():
+        plan = load_plan(out_dir)
+        problem = None
+        if plan.config_fingerprint != fingerprint:
+            problem = (f"{out_dir} was made with config fingerprint {plan.config_fingerprint}, "
+                       f"this config has {fingerprint}")
+        elif Path(sav_root).resolve() != Path(plan.sav_root):
+            problem = f"{out_dir} was made from {plan.sav_root}, not {Path(sav_root).resolve()}"
+        if problem is None:
+            return plan
+        if not force:
+            raise RunRefused(f"{problem}. Use another --out, or --force to start over "
+                             "(deletes its shards; the request cache is kept).")
+        shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)
+        (out_dir / PLAN_FILE).unlink()
+    videos = index_sav_root(sav_root)
+    if limit_videos is not None:
+        videos = videos[:limit_videos]
+    plan = make_plan(sav_root, videos, cfg.run.shard_size, fingerprint)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_config(out_dir, cfg)
+    save_plan(out_dir, plan)
+    return plan
+
+
+def failed_keys(out_dir: Path, plan: Plan) -> dict[int, set[MaskletKey]]:
+    """Per finished shard, the keys of its failed rows."""
+    out: dict[int, set[MaskletKey]] = {}
+    for shard_id, (state, marker) in shard_states(out_dir, plan).items():
+        if state is ShardState.done and marker and marker.by_status.get("failed"):
+            out[shard_id] = {r.key for r in read_shard(out_dir, shard_id)
+                             if r.status == "failed"}
+    return out
+
+
+def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = None,
+            retry_failed: bool = False, show_progress: bool = True,
+            console: Console | None = None) -> RunStats:
+    """Finish every shard without a valid marker; then, if asked, redo failed rows."""
+    out_dir = Path(out_dir)
+    plan = load_plan(out_dir)
+    console = console or Console(stderr=True)
+    states = shard_states(out_dir, plan)
+    pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
+    started = time.time()
+    total = RunStats()
+    with ray_session(address, cfg):
+        if pending:
+            console.print(f"{len(pending)} of {len(plan.shards)} shards to do")
+            total = run_shards(out_dir, plan, cfg, pending, show_progress=show_progress,
+                               console=console)
+        if retry_failed:
+            retry = failed_keys(out_dir, plan)
+            if retry:
+                n = sum(len(v) for v in retry.values())
+                console.print(f"retrying {n} failed rows in {len(retry)} shards")
+                again = run_shards(out_dir, plan, cfg,
+                                   [s for s in plan.shards if s.shard_id in retry],
+                                   retry=retry, show_progress=show_progress, console=console)
+                total.model = again.model or total.model
+                total.shards_written += again.shards_written
+    _log_run(out_dir, {"started_at": started, "finished_at": time.time(),
+                       "shards_written": total.shards_written, "retry_failed": retry_failed,
+                       "frames_decoded": total.frames_decoded, "cpu_s": round(total.cpu_s, 3)})
+    return total

@@ -1,0 +1,89 @@
+"""``refsav status``: where a run stands, from its plan and shard markers alone (no Parquet)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from refsav_pipeline.pipeline.plan import load_plan
+from refsav_pipeline.pipeline.shards import ShardState, shard_states
+
+
+class RunStatus(BaseModel):
+    out_dir: str
+    sav_root: str
+    config_fingerprint: str
+    shards_total: int
+    shards: dict[str, int]  # done / partial / pending
+    videos_total: int
+    videos_done: int
+    rows: int
+    rows_by_status: dict[str, int]
+    failures_by_kind: dict[str, int]
+    model_calls: int
+    cached_calls: int
+    prompt_tokens: int
+    completion_tokens: int
+    rows_per_s: float | None  # over the busiest stretch of finished shards
+    videos_per_s: float | None
+    eta_s: float | None
+
+
+def run_status(out_dir: str | Path) -> RunStatus:
+    plan = load_plan(out_dir)
+    states = shard_states(out_dir, plan)
+    counts = Counter(state.value for state, _ in states.values())
+    markers = [m for _, m in states.values() if m is not None]
+    by_status: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    for m in markers:
+        by_status.update(m.by_status)
+        kinds.update(m.by_error_kind)
+    videos = {s.shard_id: len(s.videos) for s in plan.shards}
+    done_videos = sum(videos[m.shard_id] for m in markers)
+    rows_per_s = videos_per_s = eta = None
+    if markers:
+        span = max(m.finished_at for m in markers) - min(m.started_at for m in markers)
+        if span > 0:
+            rows_per_s = sum(m.rows for m in markers) / span
+            videos_per_s = done_videos / span
+            eta = (plan.num_videos - done_videos) / videos_per_s
+    return RunStatus(
+        out_dir=str(out_dir), sav_root=plan.sav_root, config_fingerprint=plan.config_fingerprint,
+        shards_total=len(plan.shards),
+        shards={s.value: counts.get(s.value, 0) for s in ShardState},
+        videos_total=plan.num_videos, videos_done=done_videos,
+        rows=sum(m.rows for m in markers), rows_by_status=dict(sorted(by_status.items())),
+        failures_by_kind=dict(kinds.most_common()),
+        model_calls=sum(m.model_calls for m in markers),
+        cached_calls=sum(m.cached_calls for m in markers),
+        prompt_tokens=sum(m.prompt_tokens for m in markers),
+        completion_tokens=sum(m.completion_tokens for m in markers),
+        rows_per_s=rows_per_s, videos_per_s=videos_per_s, eta_s=eta,
+    )
+
+
+def print_status(st: RunStatus, console: Console) -> None:
+    t = Table(title=f"Ref-SAV run {st.out_dir}", show_header=False)
+    t.add_column("what", style="bold")
+    t.add_column("value")
+    t.add_row("SA-V root", st.sav_root)
+    t.add_row("config", st.config_fingerprint)
+    t.add_row("shards", f"{st.shards['done']} done / {st.shards['partial']} partial / "
+              f"{st.shards['pending']} pending (of {st.shards_total})")
+    t.add_row("videos", f"{st.videos_done} / {st.videos_total}")
+    t.add_row("rows", f"{st.rows}: " + ", ".join(f"{k} {v}" for k, v in
+                                                  st.rows_by_status.items()))
+    if st.failures_by_kind:
+        t.add_row("failures", ", ".join(f"{k} {v}" for k, v in st.failures_by_kind.items()))
+    t.add_row("model calls", f"{st.model_calls} ({st.cached_calls} from cache)")
+    t.add_row("tokens", f"{st.prompt_tokens} prompt / {st.completion_tokens} completion")
+    if st.rows_per_s is not None:
+        t.add_row("throughput", f"{st.rows_per_s:.2f} rows/s, {st.videos_per_s:.2f} videos/s")
+    if st.eta_s is not None:
+        t.add_row("time left", "done" if st.eta_s == 0 else f"~{st.eta_s:.0f} s")
+    console.print(t)
