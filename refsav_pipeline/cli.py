@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from refsav_pipeline.llm.cli import serve_app
+from refsav_pipeline.pipeline import cli as pipeline_cli
 from refsav_pipeline.sav.cli import sav_app
 
 app = typer.Typer(
@@ -15,6 +16,8 @@ app = typer.Typer(
 )
 app.add_typer(sav_app, name="sav")
 app.add_typer(serve_app, name="serve")
+for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.status, pipeline_cli.demo):
+    app.command()(command)
 
 
 if __name__ == "__main__":
