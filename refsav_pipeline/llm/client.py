@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-DEAD_AFTER_FAILURES = 3
-"""Consecutive timeouts/5xx after which a live-but-failing endpoint is taken out for a while."""
 
 
 def jpeg_part(jpeg: bytes) -> dict[str, Any]:
@@ -138,8 +136,14 @@ class ModelClient:
             await asyncio.gather(*(self.probe(ep) for ep in due))
         live = [ep for ep in self.endpoints if ep.healthy]
         if not live:
-            raise _Retryable(f"no healthy endpoint among {self.cfg.endpoints}")
-        return min(live, key=lambda ep: (ep.in_flight / ep.max_concurrency, ep.requests))
+            # Wait (as backoff) until the first dead one is due for a re-probe.
+            wait = min(ep.retry_at for ep in self.endpoints) - time.monotonic()
+            raise _Retryable(f"no healthy endpoint among {self.cfg.endpoints}",
+                             retry_after=max(0.0, wait))
+        # Reachable but failing (5xx, timeouts) endpoints stay in use — the probe says they are
+        # up and a lone endpoint must not be locked out — but come last while they fail.
+        return min(live, key=lambda ep: (ep.consecutive_failures > 0,
+                                         ep.in_flight / ep.max_concurrency, ep.requests))
 
     # -- requests -------------------------------------------------------------------------
 
@@ -195,8 +199,6 @@ class ModelClient:
     def _note_failure(self, ep: EndpointState) -> None:
         ep.failures += 1
         ep.consecutive_failures += 1
-        if ep.consecutive_failures >= DEAD_AFTER_FAILURES:
-            self._set_health(ep, False)
 
     async def chat(self, body: dict[str, Any],
                    parse: Callable[[str], T] | None = None) -> tuple[ChatResponse, T | None]:

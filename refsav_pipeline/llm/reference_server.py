@@ -105,6 +105,10 @@ def _split_content(messages: list[dict[str, Any]]) -> tuple[str, list[bytes]]:
     return "\n".join(texts), images
 
 
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def _place(pos: str, what: str) -> str:
     return f"in the center of the {what}" if pos == "center" else f"in the {pos} part of the {what}"
 
@@ -150,7 +154,7 @@ def answer(text: str, images: list[bytes]) -> tuple[str, str, dict[str, Any] | N
     s = see_object(rgb)
     if s.color is None:
         return "object", "The image is completely black; I cannot see any object.", None
-    return "object", f"A {s.color} object {_place(s.position, 'image')}.", None
+    return "object", f"{_a(s.color).capitalize()} object {_place(s.position, 'image')}.", None
 
 
 def _count_tokens(text: str) -> int:

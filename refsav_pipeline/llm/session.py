@@ -125,7 +125,10 @@ class ModelSession:
         tpl = self.prompts[prompt_key]
         role: Role = tpl.model
         mcfg = self.model_cfg(role)
-        system, user = tpl.render(len(images), **(inputs or {}))
+        try:
+            system, user = tpl.render(len(images), **(inputs or {}))
+        except ValueError as e:  # wrong image count / inputs: this record's input is wrong
+            raise ModelCallError(str(e), kind="bad_input", model=mcfg.model) from e
         try:
             parts = [jpeg_part(j) for j in images]
         except ValueError as e:

@@ -1,0 +1,239 @@
+"""Client reliability against the real reference server: cache, faults, dead endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing as mp
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from refsav_pipeline.errors import RecordError
+from refsav_pipeline.llm import calls
+from refsav_pipeline.llm.cache import RequestCache, cache_key
+from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.errors import ModelCallError, UnparseableOutputError
+from refsav_pipeline.llm.reference_server import ReferenceServer
+from refsav_pipeline.llm.session import ModelSession
+from refsav_pipeline.llm.testing import (
+    box_frames,
+    crop,
+    fast_client,
+    masked_frame,
+    models_at,
+    object_frame,
+    to_jpeg,
+)
+
+COLORS = ["red", "green", "blue", "cyan", "magenta", "orange", "purple", "white"]
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (bound then closed: connection refused)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/v1"
+
+
+def object_jpegs(color: str, cx: int = 80, cy: int = 60) -> tuple[bytes, bytes]:
+    frame, mask = object_frame(color, cx, cy)
+    return to_jpeg(crop(frame, mask)), to_jpeg(masked_frame(frame, mask))
+
+
+def test_cache_answers_second_identical_call_without_http(tmp_path: Path) -> None:
+    with ReferenceServer(ModelsConfig()) as srv:
+        c, m = object_jpegs("red")
+        with ModelSession(models_at(srv.url), fast_client(), tmp_path) as s:
+            first = s.run(calls.describe_object(s, c, m))
+            v1 = s.run(calls.judge_consistency(s, first.crop.text, first.masked.text))
+            n = srv.stats.requests["chat_completions"]
+            assert n == 3
+            again = s.run(calls.describe_object(s, c, m))
+            v2 = s.run(calls.judge_consistency(s, first.crop.text, first.masked.text))
+            assert srv.stats.requests["chat_completions"] == n  # no new request
+            assert again.crop.cached and again.masked.cached and v2.cached
+            assert again.crop.text == first.crop.text and v2.consistent == v1.consistent
+            assert again.crop.usage == first.crop.usage
+            assert s.cache is not None and s.cache.hits == 3 and s.cache.misses == 3
+            # A different input is a miss and goes to the server.
+            s.run(calls.describe_scene(s, m, "x"))
+            assert srv.stats.requests["chat_completions"] == n + 1
+        # A new session on the same out dir (a resumed run) is served from disk.
+        with ModelSession(models_at(srv.url), fast_client(), tmp_path) as s2:
+            res = s2.run(calls.describe_object(s2, c, m))
+            assert res.masked.cached and srv.stats.requests["chat_completions"] == n + 1
+            assert (tmp_path / "cache.sqlite").is_file()
+
+
+def test_cache_key_covers_sampling_and_prompt_version(tmp_path: Path) -> None:
+    with ReferenceServer(ModelsConfig()) as srv:
+        c, m = object_jpegs("blue")
+        base = models_at(srv.url)
+        with ModelSession(base, fast_client(), tmp_path) as s:
+            s.run(calls.describe_object(s, c, m))
+        hot = base.model_copy(update={"captioner": base.captioner.model_copy(
+            update={"sampling": base.captioner.sampling.model_copy(update={"max_tokens": 99})})})
+        with ModelSession(hot, fast_client(), tmp_path) as s:
+            res = s.run(calls.describe_object(s, c, m))
+            assert not res.crop.cached and not res.masked.cached
+    k = {"model": "m", "prompt": "p@v1", "images": ["a"]}
+    assert cache_key(k) != cache_key({**k, "prompt": "p@v2"})
+    assert cache_key(k) == cache_key(dict(reversed(list(k.items()))))
+
+
+def test_faults_at_30_percent_still_end_in_correct_results(tmp_path: Path) -> None:
+    cfg = ReferenceServerConfig(port=0, fault_rate=0.3, hang_s=30, seed=1)
+    with ReferenceServer(ModelsConfig(), cfg) as srv:
+        client = fast_client(request_timeout_s=1.0, max_attempts=10, max_parse_attempts=10)
+        with ModelSession(models_at(srv.url), client, tmp_path) as s:
+            async def all_calls() -> list:
+                objs = [object_jpegs(col, 60 + 25 * i, 50 + 15 * i)
+                        for i, col in enumerate(COLORS)]
+                descs = await asyncio.gather(*(calls.describe_object(s, c, m) for c, m in objs))
+                judges = await asyncio.gather(*(
+                    calls.judge_consistency(s, d.crop.text, f"A {col} object.")
+                    for d, col in zip(descs, ["red"] * 8, strict=True)))
+                video = await calls.describe_video(
+                    s, box_frames("blue", [(40 + 30 * i, 120) for i in range(8)]), "x")
+                return [descs, judges, video]
+
+            t0 = time.monotonic()
+            descs, judges, video = s.run(all_calls())
+            elapsed = time.monotonic() - t0
+        faults = srv.stats.faults
+        assert sum(faults.values()) >= 4, faults  # faults really happened…
+        assert faults["http_500"] and faults["malformed_json"]
+        for d, col in zip(descs, COLORS, strict=True):  # …and every answer is still right
+            art = "An" if col[0] in "aeiou" else "A"
+            assert d.crop.text == f"{art} {col} object in the center of the image."
+            assert col in d.masked.text
+        assert [j.consistent for j in judges] == [c == "red" for c in COLORS]
+        assert video.text.endswith("moves right across the video.")
+        assert any(r.attempts > 1 for d in descs for r in (d.crop, d.masked))
+        assert elapsed < 20
+
+
+def test_dead_endpoint_is_skipped(tmp_path: Path) -> None:
+    dead = closed_port_url()
+    with (ReferenceServer(ModelsConfig()) as srv,
+          ModelSession(models_at([dead, srv.url]), fast_client(reprobe_interval_s=60),
+                       tmp_path) as s):
+            async def go() -> list:
+                jobs = [calls.describe_object(s, *object_jpegs(col)) for col in COLORS]
+                return await asyncio.gather(*jobs)
+
+            t0 = time.monotonic()
+            res = s.run(go())
+            assert time.monotonic() - t0 < 10
+            assert [r.crop.text.split()[1] for r in res] == COLORS
+            eps = {e["url"]: e for e in s.stats()["endpoints"]["captioner"]}
+            assert eps[dead]["healthy"] is False and eps[dead]["requests"] == 0
+            assert eps[srv.url]["healthy"] is True and eps[srv.url]["requests"] == 16
+            assert all(r.crop.attempts == 1 for r in res)  # the probe kept it out of the way
+
+
+def test_endpoint_dying_mid_run_is_routed_around(tmp_path: Path) -> None:
+    with (ReferenceServer(ModelsConfig()) as a, ReferenceServer(ModelsConfig()) as b,
+          ModelSession(models_at([a.url, b.url]), fast_client(reprobe_interval_s=60),
+                       tmp_path) as s):
+            s.run(calls.describe_object(s, *object_jpegs("red")))
+            a.stop()
+            res = s.run(calls.describe_object(s, *object_jpegs("green")))
+            assert "green" in res.masked.text
+            eps = {e["url"]: e for e in s.stats()["endpoints"]["captioner"]}
+            assert eps[a.url]["healthy"] is False and eps[b.url]["healthy"] is True
+
+
+def test_load_is_balanced_over_live_endpoints(tmp_path: Path) -> None:
+    cfg = ReferenceServerConfig(port=0, latency_s=0.05)
+    with ReferenceServer(ModelsConfig(), cfg) as a, ReferenceServer(ModelsConfig(), cfg) as b:
+        with ModelSession(models_at([a.url, b.url], max_concurrency=2), fast_client(),
+                          tmp_path) as s:
+            async def go() -> None:
+                await asyncio.gather(*(calls.describe_scene(s, object_jpegs(c, 60 + i)[1], "x")
+                                       for i, c in enumerate(COLORS)))
+
+            s.run(go())
+        na, nb = a.stats.requests["chat_completions"], b.stats.requests["chat_completions"]
+        assert na + nb == 8 and abs(na - nb) <= 2
+
+
+def test_all_endpoints_dead_is_a_record_error(tmp_path: Path) -> None:
+    with ModelSession(models_at([closed_port_url(), closed_port_url()]),
+                      fast_client(max_attempts=3, reprobe_interval_s=0), tmp_path) as s:
+        t0 = time.monotonic()
+        with pytest.raises(ModelCallError) as ei:
+            s.run(calls.describe_scene(s, object_jpegs("red")[1], "x", video_id="v7",
+                                       masklet_id=2))
+        assert time.monotonic() - t0 < 5
+    err = ei.value
+    assert isinstance(err, RecordError) and err.kind == "server_error"
+    assert err.attempts == 3 and err.video_id == "v7" and err.masklet_id == 2
+    assert "no healthy endpoint" in str(err)
+
+
+def test_unparseable_judge_output_keeps_raw_text(tmp_path: Path) -> None:
+    cfg = ReferenceServerConfig(port=0, fault_rate=1.0, faults=["malformed_json"])
+    with ReferenceServer(ModelsConfig(), cfg) as srv:
+        with ModelSession(models_at(srv.url), fast_client(max_parse_attempts=3), tmp_path) as s:
+            with pytest.raises(UnparseableOutputError) as ei:
+                s.run(calls.judge_consistency(s, "A red object.", "A red object."))
+            # captions are not JSON calls, so the same fault rate leaves them alone
+            ok = s.run(calls.describe_scene(s, object_jpegs("red")[1], "x"))
+            assert "red" in ok.text
+        assert srv.stats.faults["malformed_json"] == 3
+    err = ei.value
+    assert err.kind == "unparseable_output" and err.raw.startswith('{"consistent": true')
+    assert err.raw in str(err)
+    # nothing unparseable was cached
+    assert len(RequestCache(tmp_path / "cache.sqlite")) == 1
+
+
+def test_server_errors_exhaust_budget(tmp_path: Path) -> None:
+    cfg = ReferenceServerConfig(port=0, fault_rate=1.0, faults=["http_500"])
+    with ReferenceServer(ModelsConfig(), cfg) as srv:
+        with (ModelSession(models_at(srv.url), fast_client(max_attempts=4), tmp_path) as s,
+              pytest.raises(ModelCallError) as ei):
+            s.run(calls.describe_scene(s, object_jpegs("red")[1], "x"))
+        assert ei.value.kind == "server_error" and "HTTP 500" in str(ei.value)
+        assert srv.stats.requests["chat_completions"] == 4
+
+
+def test_hang_times_out_and_retries(tmp_path: Path) -> None:
+    cfg = ReferenceServerConfig(port=0, fault_rate=1.0, faults=["hang"], hang_s=30)
+    with ReferenceServer(ModelsConfig(), cfg) as srv:
+        with ModelSession(models_at(srv.url), fast_client(request_timeout_s=0.3,
+                                                          max_attempts=2), tmp_path) as s:
+            t0 = time.monotonic()
+            with pytest.raises(ModelCallError) as ei:
+                s.run(calls.describe_scene(s, object_jpegs("red")[1], "x"))
+            assert 0.5 < time.monotonic() - t0 < 5
+        assert "timeout" in str(ei.value) and srv.stats.faults["hang"] == 2
+
+
+def _writer(path: str, start: int, n: int) -> None:
+    cache = RequestCache(path)
+    for i in range(start, start + n):
+        cache.put(f"k{i}", {"text": f"t{i}"})
+        cache.put("shared", {"text": f"from {start}"})
+    cache.close()
+
+
+def test_cache_is_safe_with_several_processes(tmp_path: Path) -> None:
+    path = str(tmp_path / "cache.sqlite")
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(path, k * 1000, 150)) for k in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    cache = RequestCache(path)
+    assert len(cache) == 451
+    assert cache.get("k1149") == {"text": "t1149"} and cache.get("k500") is None
+    assert cache.get("shared")["text"].startswith("from ")
+    assert cache.stats() == {"hits": 2, "misses": 1, "writes": 0}
+    assert cache._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"

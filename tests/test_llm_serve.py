@@ -1,0 +1,154 @@
+"""`refsav serve` commands, config wiring and prompt files."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.llm.cli import serve_app
+from refsav_pipeline.llm.config import PromptRef, PromptsConfig
+from refsav_pipeline.llm.prompts import load_prompt
+from refsav_pipeline.llm.reference_vision import decode_jpeg
+from refsav_pipeline.llm.testing import crop, object_frame, to_jpeg
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL = ROOT / "configs" / "refsav-internvl2-76b-qwen2-72b.yaml"
+LOCAL = ROOT / "configs" / "local-reference.yaml"
+
+
+def _commands(output: str) -> list[list[str]]:
+    return [shlex.split(line) for line in output.splitlines() if line and not line.startswith("#")]
+
+
+def test_vllm_dry_run_prints_the_vllm_commands() -> None:
+    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    cmds = _commands(res.output)
+    assert len(cmds) == 3  # captioner ×1 (tp 8), judge ×2 (tp 4)
+    cap, judge0, judge1 = cmds
+    assert cap[0] == "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7"
+    assert cap[1:4] == ["vllm", "serve", "OpenGVLab/InternVL2-Llama3-76B"]
+
+    def opt(argv: list[str], name: str) -> str:
+        return argv[argv.index(name) + 1]
+
+    assert opt(cap, "--tensor-parallel-size") == "8"
+    assert json.loads(opt(cap, "--limit-mm-per-prompt")) == {"image": 8}
+    assert json.loads(opt(cap, "--mm-processor-kwargs")) == {"max_dynamic_patch": 6}
+    assert opt(cap, "--max-model-len") == "16384" and "--trust-remote-code" in cap
+    assert opt(cap, "--served-model-name") == "InternVL2-Llama3-76B"
+    assert opt(cap, "--port") == "8000"
+    assert judge0[1:4] == ["vllm", "serve", "Qwen/Qwen2-72B-Instruct"]
+    assert opt(judge0, "--tensor-parallel-size") == "4" and "--trust-remote-code" not in judge0
+    assert "--limit-mm-per-prompt" not in judge0
+    assert (opt(judge0, "--port"), opt(judge1, "--port")) == ("8100", "8101")
+    assert judge0[0] == "CUDA_VISIBLE_DEVICES=8,9,10,11"
+
+
+def test_vllm_dry_run_on_ray_and_only_one_role() -> None:
+    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                         "--address", "auto", "--only", "judge"])
+    assert res.exit_code == 0, res.output
+    assert res.output.count("ray actor num_gpus=4") == 2
+    cmds = _commands(res.output)
+    assert [c[:3] for c in cmds] == [["vllm", "serve", "Qwen/Qwen2-72B-Instruct"]] * 2
+    bad = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                         "--only", "painter"])
+    assert bad.exit_code != 0
+
+
+def test_serve_reference_subprocess(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = "from refsav_pipeline.llm.cli import serve_app; serve_app()"
+    env = {**os.environ, "NO_PROXY": "*"}
+    proc = subprocess.Popen([sys.executable, "-c", code, "reference", "--config", str(LOCAL),
+                             "--port", str(port), "--latency", "0.01"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        url = f"http://127.0.0.1:{port}/v1"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                r = httpx.get(f"{url}/models", trust_env=False, timeout=1)
+                break
+            except httpx.HTTPError:
+                assert proc.poll() is None and time.monotonic() < deadline
+                time.sleep(0.2)
+        assert {m["id"] for m in r.json()["data"]} == {"InternVL2-Llama3-76B",
+                                                       "Qwen2-72B-Instruct"}
+        from refsav_pipeline.llm.client import jpeg_part
+
+        frame, mask = object_frame("orange", 100, 100)
+        body = {"model": "InternVL2-Llama3-76B", "messages": [{"role": "user", "content": [
+            jpeg_part(to_jpeg(crop(frame, mask))), {"type": "text", "text": "<image>\nWhat?"}]}]}
+        r = httpx.post(f"{url}/chat/completions", json=body, trust_env=False, timeout=10)
+        out = r.json()
+        text = out["choices"][0]["message"]["content"]
+        assert text == "An orange object in the center of the image."
+        assert out["usage"]["total_tokens"] == (out["usage"]["prompt_tokens"]
+                                                + out["usage"]["completion_tokens"])
+        assert httpx.get(f"http://127.0.0.1:{port}/stats", trust_env=False).json()[
+            "chat_completions"] == 1
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_fingerprint_ignores_serving_but_not_models_prompts_sampling() -> None:
+    real = PipelineConfig.load(REAL)
+    local = PipelineConfig.load(LOCAL)
+    # Endpoints, concurrency, client and vLLM launch options differ; answers would not.
+    assert real.fingerprint() == local.fingerprint()
+    data = real.model_dump()
+    for path, value in [(("models", "captioner", "model"), "OpenGVLab/InternVL2-26B"),
+                        (("models", "prompts", "scene", "version"), 2),
+                        (("models", "judge", "sampling", "temperature"), 0.7),
+                        (("models", "captioner", "mm_processor_kwargs"),
+                         {"max_dynamic_patch": 12})]:
+        d = json.loads(json.dumps(data))
+        node = d
+        for k in path[:-1]:
+            node = node[k]
+        node[path[-1]] = value
+        assert PipelineConfig.model_validate(d).fingerprint() != real.fingerprint(), path
+    with pytest.raises(ValueError):
+        PipelineConfig.model_validate({"models": {"captioner": {"model": "x", "bogus": 1}}})
+
+
+def test_prompt_files_load_render_and_check_versions(tmp_path: Path) -> None:
+    cfg = PromptsConfig()
+    for key in ("object_crop", "object_masked", "judge", "scene", "video"):
+        tpl = load_prompt(getattr(cfg, key))
+        assert tpl.ref == str(getattr(cfg, key)) and len(tpl.digest) == 64
+    video = load_prompt(cfg.video)
+    _, text = video.render(8, scene_description="SCENE")
+    assert text.startswith("Image-1: <image>\nImage-2: <image>\n") and "Image-8: <image>" in text
+    assert "SCENE" in text and "These 8 images" in text
+    assert video.mm_processor_kwargs == {"max_dynamic_patch": 2}
+    _, one = load_prompt(cfg.scene).render(1, object_description="OBJ")
+    assert one.startswith("<image>\n") and one.count("<image>") == 1
+    with pytest.raises(ValueError):
+        video.render(9, scene_description="x")
+    # a file whose declared version disagrees with its name is refused
+    src = (ROOT / "prompts" / "scene_caption.v1.yaml").read_text()
+    (tmp_path / "scene_caption.v2.yaml").write_text(src)
+    with pytest.raises(ValueError, match="declares"):
+        load_prompt(PromptRef(id="scene_caption", version=2), tmp_path)
+
+
+def test_jpeg_roundtrip_helper() -> None:
+    frame, mask = object_frame("red", 50, 50)
+    assert decode_jpeg(to_jpeg(frame)).shape == frame.shape
