@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import typer
 
+from refsav_pipeline.export.cli import export_app, report
 from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.pipeline import cli as pipeline_cli
+from refsav_pipeline.review.cli import benchmark_app, review_app
 from refsav_pipeline.sav.cli import sav_app
 
 app = typer.Typer(
@@ -16,6 +18,10 @@ app = typer.Typer(
 )
 app.add_typer(sav_app, name="sav")
 app.add_typer(serve_app, name="serve")
+app.add_typer(benchmark_app, name="benchmark")
+app.add_typer(review_app, name="review")
+app.add_typer(export_app, name="export")
+app.command("report")(report)
 for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.status, pipeline_cli.demo):
     app.command()(command)
 
