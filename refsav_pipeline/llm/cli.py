@@ -26,8 +26,8 @@ def _load(config: Path | None):  # -> PipelineConfig (lazy: keeps `refsav --help
 
 @serve_app.command("reference")
 def reference(
-    host: Annotated[str | None, typer.Option(help="bind address [config: 127.0.0.1]")] = None,
-    port: Annotated[int | None, typer.Option(help="port, 0 = any free [config: 8765]")] = None,
+    host: Annotated[str | None, typer.Option(help="bind address (config: 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="port, 0 = free (config: 8765)")] = None,
     latency: Annotated[float | None, typer.Option(help="seconds added per completion")] = None,
     fault_rate: Annotated[float | None, typer.Option(
         help="probability of an injected fault per completion (500, hang, bad judge JSON)")] = None,
