@@ -1,0 +1,152 @@
+"""``refsav benchmark select`` and ``refsav review [serve|stats|export|add-user]``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+benchmark_app = typer.Typer(help="Choose the benchmark subset (whole videos, held out of "
+                                 "training).", no_args_is_help=True)
+review_app = typer.Typer(
+    help="Human review of the benchmark: `refsav review --out DIR` starts the app.",
+    invoke_without_command=True,
+)
+
+Out = Annotated[Path, typer.Option("--out", help="Output folder of a run.", file_okay=False)]
+Host = Annotated[str, typer.Option("--host", help="Bind address (loopback by default).")]
+Port = Annotated[int | None, typer.Option("--port", help="Port (default: Gradio's 7860+).")]
+Users = Annotated[Path | None, typer.Option("--users", dir_okay=False,
+                                            help="Users file: logins required when given.")]
+
+
+@benchmark_app.command("select")
+def select_cmd(
+    out: Out,
+    count: Annotated[int, typer.Option(min=1, help="At most this many objects.")] = 2000,
+    seed: Annotated[int, typer.Option(help="Same rows + seed = same selection.")] = 0,
+    double_review: Annotated[float, typer.Option(
+        min=0.0, max=1.0, help="Fraction of samples reviewed by two people.")] = 0.1,
+    force: Annotated[bool, typer.Option(
+        help="Replace a selection that already has decisions.")] = False,
+) -> None:
+    """Pick whole videos of `ok` rows, stratified by masklet type and size bucket."""
+    from refsav_pipeline.review.paths import benchmark_path
+    from refsav_pipeline.review.select import SelectionExists, select_and_write
+
+    try:
+        samples = select_and_write(out, count, seed, double_review, force)
+    except SelectionExists as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    videos = len({s.video_id for s in samples})
+    typer.echo(f"{len(samples)} objects from {videos} videos -> {benchmark_path(out)}")
+    for stratum, n in sorted(Counter(s.stratum for s in samples).items()):
+        typer.echo(f"  {stratum:<20} {n}")
+    if len(samples) < count:
+        typer.echo(f"note: fewer than {count} eligible objects fit in whole videos", err=True)
+
+
+def _serve(out: Path, host: str, port: int | None, users: Path | None) -> None:
+    from refsav_pipeline.review.app import serve
+
+    if users is not None and not users.is_file():
+        typer.echo(f"error: users file {users} not found (create it with "
+                   "`refsav review add-user`)", err=True)
+        raise typer.Exit(2)
+    serve(out, host, port, users)
+
+
+@review_app.callback()
+def review_main(
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Output folder of a run.",
+                                             file_okay=False)] = None,
+    host: Host = "127.0.0.1",
+    port: Port = None,
+    users: Users = None,
+) -> None:
+    """Start the review app (without a sub-command)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(0)
+    _serve(out, host, port, users)
+
+
+@review_app.command("serve")
+def serve_cmd(
+    out: Out,
+    host: Host = "127.0.0.1",
+    port: Port = None,
+    users: Users = None,
+) -> None:
+    """Start the review app (same as `refsav review --out DIR`)."""
+    _serve(out, host, port, users)
+
+
+@review_app.command("stats")
+def stats_cmd(out: Out,
+              as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
+              ) -> None:
+    """Progress, agreement (Cohen's kappa) and per-reviewer throughput."""
+    from refsav_pipeline.review.stats import review_stats
+
+    stats = review_stats(out)
+    if as_json:
+        typer.echo(stats.model_dump_json(indent=1))
+        return
+    p, a = stats.progress, stats.agreement
+    typer.echo(f"samples: {p.total}  decided: {p.done} (accepted {p.accepted}, rejected "
+               f"{p.rejected})  reviews: {p.reviews_done}/{p.reviews_needed}  "
+               f"conflicts: {p.conflicts}")
+    kappa = "n/a" if a.kappa is None else f"{a.kappa:.3f}"
+    observed = "n/a" if a.observed is None else f"{a.observed:.1%}"
+    typer.echo(f"agreement: kappa {kappa} on {a.doubly_reviewed} doubly-reviewed samples "
+               f"(observed {observed})")
+    typer.echo(f"{'reviewer':<20}{'decisions':>10}{'accept':>8}{'reject':>8}{'edited':>8}"
+               f"{'skip':>6}{'active h':>10}{'per hour':>10}")
+    for r in stats.reviewers:
+        rate = "-" if r.per_hour is None else f"{r.per_hour:.1f}"
+        typer.echo(f"{r.reviewer:<20}{r.decisions:>10}{r.accepted:>8}{r.rejected:>8}"
+                   f"{r.edited:>8}{r.skipped:>6}{r.active_hours:>10.2f}{rate:>10}")
+
+
+@review_app.command("export")
+def export_cmd(out: Out) -> None:
+    """Write the validated benchmark to <out>/review/validated.parquet."""
+    from refsav_pipeline.review.export import export_validated
+
+    path, rows = export_validated(out)
+    long_ok = sum(r.long_accepted for r in rows)
+    shorts = sum(len(r.short_expressions) for r in rows)
+    typer.echo(json.dumps({"path": str(path), "long_accepted": long_ok,
+                           "short_expressions": shorts, "rows": len(rows)}))
+
+
+@review_app.command("add-user")
+def add_user_cmd(
+    users: Annotated[Path, typer.Option("--users", dir_okay=False,
+                                        help="Users file (created if missing).")],
+    name: Annotated[str, typer.Argument(help="Reviewer name (letters, digits, _ . @ -).")],
+    password_stdin: Annotated[bool, typer.Option(
+        "--password-stdin", help="Read the password from the first line of stdin.")] = False,
+) -> None:
+    """Add a reviewer or change their password; only a salted PBKDF2 hash is stored."""
+    from refsav_pipeline.review.users import add_user
+
+    if password_stdin or not sys.stdin.isatty():
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
+    try:
+        existed = add_user(users, name, password)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"{'updated' if existed else 'added'} {name} in {users}")

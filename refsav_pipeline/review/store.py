@@ -1,0 +1,386 @@
+"""The review decisions: an append-only SQLite log, current state derived from it.
+
+Why this shape: people's work must survive crashes, two reviewers on one sample, and pipeline
+re-runs. So the log is never rewritten (triggers refuse UPDATE/DELETE), every write is a
+``BEGIN IMMEDIATE`` transaction in WAL mode with ``synchronous=FULL``, a decision made on an
+outdated view is stored anyway and flagged as a conflict, and decisions carry the sample
+version (a hash of the captions they judged) so a re-run with new captions makes them stale
+instead of silently applying them to different text. ``samples`` and ``leases`` are the only
+mutable tables: a mirror of ``benchmark.parquet`` for SQL, and the soft locks of the queue.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from refsav_pipeline.review.paths import decisions_path
+from refsav_pipeline.review.select import BenchmarkSample, SampleKey
+
+Action = Literal["accept", "reject", "edit_accept", "skip"]
+ACTIONS: tuple[str, ...] = ("accept", "reject", "edit_accept", "skip")
+ACCEPTING = ("accept", "edit_accept")
+Status = Literal["pending", "accepted", "rejected"]
+LEASE_SECONDS = 600.0
+SCHEMA_VERSION = "1"
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    video_id TEXT NOT NULL,
+    masklet_type TEXT NOT NULL,
+    masklet_id INTEGER NOT NULL,
+    sample_version TEXT NOT NULL,
+    reviewer TEXT NOT NULL,
+    decided_at TEXT NOT NULL,
+    decided_ts REAL NOT NULL,
+    action TEXT NOT NULL CHECK (action IN ({", ".join(repr(a) for a in ACTIONS)})),
+    reason TEXT,
+    edited_object_caption TEXT,
+    edited_scene_caption TEXT,
+    edited_video_caption TEXT,
+    short_expression TEXT,
+    base_seq INTEGER,
+    conflict INTEGER NOT NULL DEFAULT 0,
+    conflicts_with INTEGER
+);
+CREATE INDEX IF NOT EXISTS decisions_by_sample
+    ON decisions (video_id, masklet_type, masklet_id, sample_version, seq);
+CREATE TRIGGER IF NOT EXISTS decisions_no_update BEFORE UPDATE ON decisions
+BEGIN SELECT RAISE(ABORT, 'decisions are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS decisions_no_delete BEFORE DELETE ON decisions
+BEGIN SELECT RAISE(ABORT, 'decisions are append-only: DELETE refused'); END;
+CREATE TABLE IF NOT EXISTS samples (
+    video_id TEXT NOT NULL,
+    masklet_type TEXT NOT NULL,
+    masklet_id INTEGER NOT NULL,
+    sample_version TEXT NOT NULL,
+    position INTEGER NOT NULL,
+    needs INTEGER NOT NULL,
+    PRIMARY KEY (video_id, masklet_type, masklet_id)
+);
+CREATE TABLE IF NOT EXISTS leases (
+    video_id TEXT NOT NULL,
+    masklet_type TEXT NOT NULL,
+    masklet_id INTEGER NOT NULL,
+    reviewer TEXT NOT NULL,
+    expires_ts REAL NOT NULL,
+    PRIMARY KEY (video_id, masklet_type, masklet_id)
+);
+"""
+
+_KEY_MATCH = ("d.video_id = s.video_id AND d.masklet_type = s.masklet_type "
+              "AND d.masklet_id = s.masklet_id AND d.sample_version = s.sample_version "
+              "AND d.action != 'skip'")
+
+# one row per sample: its latest real decision on the current version and how many reviewed it
+_STATE_SQL = f"""
+SELECT s.video_id, s.masklet_type, s.masklet_id, s.sample_version, s.position, s.needs,
+       (SELECT d.action FROM decisions d WHERE {_KEY_MATCH} ORDER BY d.seq DESC LIMIT 1),
+       (SELECT d.seq FROM decisions d WHERE {_KEY_MATCH} ORDER BY d.seq DESC LIMIT 1),
+       (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d WHERE {_KEY_MATCH}),
+       (SELECT group_concat(DISTINCT d.reviewer) FROM decisions d WHERE {_KEY_MATCH}),
+       (SELECT MAX(d.conflict) FROM decisions d WHERE {_KEY_MATCH})
+FROM samples s
+"""
+
+
+class NewDecision(BaseModel):
+    """What the app submits: the view it was made on (version, latest seq seen) plus the verdict.
+
+    ``edited_*`` is ``None`` where the reviewer left the pipeline's text as it was.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    video_id: str
+    masklet_type: str
+    masklet_id: int
+    sample_version: str
+    reviewer: str = Field(pattern=r"^[^,\s][^,\n]{0,63}$")  # no commas: listed comma-joined
+    action: Action
+    reason: str | None = None
+    edited_object_caption: str | None = None
+    edited_scene_caption: str | None = None
+    edited_video_caption: str | None = None
+    short_expression: str | None = None
+    base_seq: int | None = None
+
+    @property
+    def key(self) -> SampleKey:
+        return (self.video_id, self.masklet_type, self.masklet_id)
+
+
+class Decision(NewDecision):
+    seq: int
+    decided_at: str
+    decided_ts: float
+    conflict: bool
+    conflicts_with: int | None = None
+
+
+class SampleState(BaseModel):
+    """A sample's state derived from the log (skips do not count as reviews)."""
+
+    video_id: str
+    masklet_type: str
+    masklet_id: int
+    sample_version: str
+    position: int
+    needs: int  # reviewers wanted: 2 for double-review samples
+    status: Status
+    latest_seq: int | None
+    reviewers: list[str]
+    conflict: bool
+
+    @property
+    def key(self) -> SampleKey:
+        return (self.video_id, self.masklet_type, self.masklet_id)
+
+
+class Progress(BaseModel):
+    total: int
+    done: int  # samples with at least one accept/reject on the current version
+    accepted: int
+    rejected: int
+    mine: int  # samples this reviewer decided
+    my_queue: int  # samples still waiting for this reviewer
+    reviews_needed: int  # sum over samples of reviewers wanted
+    reviews_done: int
+    conflicts: int
+
+
+_DECISION_COLS = ("seq", "video_id", "masklet_type", "masklet_id", "sample_version", "reviewer",
+                  "decided_at", "decided_ts", "action", "reason", "edited_object_caption",
+                  "edited_scene_caption", "edited_video_caption", "short_expression",
+                  "base_seq", "conflict", "conflicts_with")
+
+
+class DecisionStore:
+    """One SQLite file; a fresh connection per operation (Gradio handlers run in threads)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._connect() as conn:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise RuntimeError(f"{self.path}: cannot use WAL mode (got {mode}); "
+                                   "put the review folder on a local disk")
+            # executescript commits first, so the transaction is part of the script
+            conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta "
+                               f"VALUES ('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
+
+    @classmethod
+    def for_run(cls, out_dir: str | Path) -> DecisionStore:
+        """The run's store, its ``samples`` mirror synced to the current selection."""
+        from refsav_pipeline.review.select import load_benchmark
+
+        store = cls(decisions_path(out_dir))
+        try:
+            samples = load_benchmark(out_dir)
+        except FileNotFoundError:
+            return store
+        store.sync_samples(samples)
+        return store
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            conn.execute("PRAGMA synchronous=FULL")
+            conn.execute("PRAGMA busy_timeout=30000")
+            yield conn
+        finally:
+            conn.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taking the lock up front, so read-then-write never deadlocks."""
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # -- samples -------------------------------------------------------------------------
+
+    def sync_samples(self, samples: Sequence[BenchmarkSample]) -> None:
+        """Mirror the current selection (the decisions are untouched)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM samples")
+            conn.executemany(
+                "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?)",
+                [(s.video_id, s.masklet_type, s.masklet_id, s.sample_version, s.position,
+                  2 if s.double_review else 1) for s in samples])
+
+    def states(self) -> list[SampleState]:
+        with self._connect() as conn:
+            rows = conn.execute(_STATE_SQL + " ORDER BY s.position").fetchall()
+        return [_state(r) for r in rows]
+
+    def state(self, key: SampleKey) -> SampleState | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                _STATE_SQL + " WHERE s.video_id = ? AND s.masklet_type = ? AND s.masklet_id = ?",
+                key).fetchone()
+        return _state(row) if row else None
+
+    # -- decisions -----------------------------------------------------------------------
+
+    def record(self, new: NewDecision, now: float | None = None) -> Decision:
+        """Append a decision. A view older than the latest decision, or than the sample's
+        current version, is still recorded, with ``conflict`` set and the decision it missed."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            latest = conn.execute(
+                "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
+                "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
+            current = conn.execute(
+                "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
+                "AND masklet_id = ?", new.key).fetchone()
+            conflict = new.action != "skip" and (
+                latest != new.base_seq
+                or (current is not None and current[0] != new.sample_version))
+            conflicts_with = latest if conflict and latest != new.base_seq else None
+            decided_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+            cur = conn.execute(
+                "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
+                "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
+                "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
+                "conflict, conflicts_with) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
+                 new.reviewer, decided_at, now, new.action, new.reason,
+                 new.edited_object_caption, new.edited_scene_caption,
+                 new.edited_video_caption, new.short_expression, new.base_seq,
+                 int(conflict), conflicts_with))
+            conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
+                         "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
+            seq = int(cur.lastrowid or 0)
+        return Decision(**new.model_dump(), seq=seq, decided_at=decided_at, decided_ts=now,
+                        conflict=conflict, conflicts_with=conflicts_with)
+
+    def decisions(self, key: SampleKey | None = None) -> list[Decision]:
+        """The log in order (of one sample if ``key``)."""
+        sql = f"SELECT {', '.join(_DECISION_COLS)} FROM decisions"
+        args: tuple = ()
+        if key is not None:
+            sql += " WHERE video_id = ? AND masklet_type = ? AND masklet_id = ?"
+            args = key
+        with self._connect() as conn:
+            rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
+        return [Decision.model_validate(dict(zip(_DECISION_COLS, r, strict=True)))
+                for r in rows]
+
+    def latest_seq(self, key: SampleKey) -> int | None:
+        """The ``base_seq`` of a view opened now."""
+        with self._connect() as conn:
+            return conn.execute(
+                "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
+                "AND masklet_id = ? AND action != 'skip'", key).fetchone()[0]
+
+    # -- queue ---------------------------------------------------------------------------
+
+    def claim_next(self, reviewer: str, *, after: int = -1, ttl: float = LEASE_SECONDS,
+                   now: float | None = None) -> SampleKey | None:
+        """Lease the next sample that still needs a review, that this reviewer has not
+        decided or skipped, and that nobody else holds; one already held by this reviewer
+        comes first (a page reload resumes it). ``after`` skips positions up to it."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            mine = conn.execute(
+                "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
+                "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
+                "AND l.expires_ts > ? AND s.position > ? ORDER BY s.position LIMIT 1",
+                (reviewer, now, after)).fetchone()
+            key = tuple(mine) if mine else None
+            if key is None:
+                row = conn.execute(
+                    f"""SELECT s.video_id, s.masklet_type, s.masklet_id FROM samples s
+                    WHERE s.position > ?
+                    AND (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d
+                         WHERE {_KEY_MATCH}) < s.needs
+                    AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
+                        AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
+                        AND d.sample_version = s.sample_version AND d.reviewer = ?)
+                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
+                        AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
+                        AND l.reviewer != ? AND l.expires_ts > ?)
+                    ORDER BY s.position LIMIT 1""",
+                    (after, reviewer, reviewer, now)).fetchone()
+                key = tuple(row) if row else None
+            if key is None:
+                return None
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                         (*key, reviewer, now + ttl))
+        return (str(key[0]), str(key[1]), int(key[2]))
+
+    def lease_holder(self, key: SampleKey, now: float | None = None) -> str | None:
+        now = time.time() if now is None else now
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT reviewer FROM leases WHERE video_id = ? AND masklet_type = ? "
+                "AND masklet_id = ? AND expires_ts > ?", (*key, now)).fetchone()
+        return row[0] if row else None
+
+    def release(self, reviewer: str) -> None:
+        """Drop this reviewer's leases (on leaving the queue for a filtered view)."""
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE reviewer = ?", (reviewer,))
+
+    def progress(self, reviewer: str, now: float | None = None) -> Progress:
+        now = time.time() if now is None else now
+        states = self.states()
+        with self._connect() as conn:
+            skipped = {tuple(r) for r in conn.execute(
+                "SELECT DISTINCT d.video_id, d.masklet_type, d.masklet_id FROM decisions d "
+                "JOIN samples s USING (video_id, masklet_type, masklet_id) "
+                "WHERE d.reviewer = ? AND d.action = 'skip' "
+                "AND d.sample_version = s.sample_version", (reviewer,))}
+        return Progress(
+            total=len(states),
+            done=sum(s.status != "pending" for s in states),
+            accepted=sum(s.status == "accepted" for s in states),
+            rejected=sum(s.status == "rejected" for s in states),
+            mine=sum(reviewer in s.reviewers for s in states),
+            my_queue=sum(len(s.reviewers) < s.needs and reviewer not in s.reviewers
+                         and s.key not in skipped for s in states),
+            reviews_needed=sum(s.needs for s in states),
+            reviews_done=sum(min(len(s.reviewers), s.needs) for s in states),
+            conflicts=sum(s.conflict for s in states),
+        )
+
+
+def _state(r: tuple) -> SampleState:
+    action, seq, _count, names, conflict = r[6:11]
+    status: Status = ("pending" if action is None
+                      else "accepted" if action in ACCEPTING else "rejected")
+    return SampleState(video_id=r[0], masklet_type=r[1], masklet_id=r[2], sample_version=r[3],
+                       position=r[4], needs=r[5], status=status, latest_seq=seq,
+                       reviewers=sorted(names.split(",")) if names else [],
+                       conflict=bool(conflict))
+
+
+def count_decisions(out_dir: str | Path) -> int:
+    """Decisions logged for a run (0 if the database does not exist); opens read-only."""
+    path = decisions_path(out_dir)
+    if not path.is_file():
+        return 0
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+    try:
+        return int(conn.execute("SELECT COUNT(*) FROM decisions").fetchone()[0])
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        conn.close()
