@@ -200,6 +200,16 @@ def kind_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     return sorted(out, key=lambda r: -r["rows"])
 
 
+def masklet_table(df: pd.DataFrame) -> list[list[str]]:
+    """Per (type, size bucket): masklets, ok rows and the ok rate."""
+    g = df.assign(bucket=df["size_bucket"].fillna("unknown"),
+                  ok=df["status"] == "ok").groupby(["masklet_type", "bucket"])
+    rank = {"small": 0, "medium": 1, "large": 2}
+    groups = sorted(g, key=lambda item: (item[0][0], rank.get(item[0][1], 3), item[0][1]))
+    return [[_e(t), _e(b), str(len(x)), str(int(x["ok"].sum())),
+             f"{100 * x['ok'].mean():.0f}%"] for (t, b), x in groups]
+
+
 def _fmt(v: float | None, digits: int = 2) -> str:
     return "–" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.{digits}f}"
 
@@ -434,6 +444,8 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
     length_rows = [[_e(c.replace("_", " ")), _fmt(ok[c + "_words"].mean() if len(ok) else None, 1),
                     _fmt(ok[c + "_words"].median() if len(ok) else None, 0),
                     str(int((ok[c].fillna("") == "").sum()))] for c in CAPTIONS]
+    masklet_html = _table(["type", "size bucket", "masklets", "ok", "ok rate"],
+                          masklet_table(df), {2, 3, 4}) if n else ""
     length_html = _table(["caption", "mean words", "median", "empty"], length_rows, {1, 2, 3})
 
     def fig(key: str, alt: str) -> str:
@@ -465,9 +477,9 @@ planned {_e(plan.created)} · report {_e(created)}</div>
 
 <h2>Masklets</h2>
 <div class="row"><div class="panel">{fig("masklets", "masklets by type and size")}</div>
-<div class="panel"><p class="note">Size buckets are SA-V's (small &lt; 32², medium &lt; 96²
-pixels of mean visible area). Bars are stacked by row status, so a bucket that fails more
-than the others stands out.</p></div></div>
+<div class="panel">{masklet_html}<p class="note">Size buckets are SA-V's (small &lt; 32²,
+medium &lt; 96² pixels of mean visible area). Bars are stacked by row status, so a bucket
+that fails more than the others stands out.</p></div></div>
 
 <h2>Throughput and tokens</h2>
 <div class="row"><div class="panel">{fig("latency", "latency per stage")}{lat_html}</div>
