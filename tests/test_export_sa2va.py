@@ -204,3 +204,26 @@ def test_cli_export_and_check(ex: dict, synth_root: Path, tmp_path: Path) -> Non
     res = runner.invoke(app, ["export", "sa2va", "--out", str(tmp_path / "nope"), "--to",
                               str(tmp_path / "x"), "--part", "benchmark"])
     assert res.exit_code == 1 and "plan.json" in res.output
+
+
+def test_long_rejected_objects_keep_only_their_short_expressions(ex: dict, synth_root: Path,
+                                                                 tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = tmp_path / "out"
+    shutil.copytree(ex["out"], out)
+    path = out / "review" / "validated.parquet"
+    table = pq.read_table(path)
+    with_shorts = [i for i, s in enumerate(table["short_expressions"].to_pylist()) if s]
+    flags = [i != with_shorts[0] for i in range(table.num_rows)]
+    pq.write_table(table.append_column("long_accepted", pa.array(flags)), path)
+    rejected = table.slice(with_shorts[0], 1).to_pylist()[0]
+    b = export_benchmark(out, tmp_path / "dest")
+    assert b.long_expressions == len(ex["records"]) - 1 and b.warnings == []
+    assert check_export(tmp_path / "dest") == []
+    meta = json.loads((tmp_path / "dest/ref_sav_eval/meta_expressions_valid.json").read_text())
+    exps = [e for e in meta["videos"][rejected["video_id"]]["expressions"].values()]
+    assert rejected["video_caption"] not in {e["exp"] for e in exps}
+    shorts = [e for e in exps if e["exp"] in rejected["short_expressions"]]
+    assert len(shorts) == 2 and all(e["type_id"] == 1 for e in shorts)

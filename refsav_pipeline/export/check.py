@@ -205,7 +205,6 @@ def check_benchmark(bench: Path, c: _Collector) -> set[str]:
         if not isinstance(exps, dict) or not exps:
             c.add("meta_schema", where, "expressions missing or empty")
             continue
-        types: dict[str, set[int]] = {}
         for exp_id, e in exps.items():
             ewhere = f"{where}.expressions[{exp_id}]"
             if "_" in exp_id:
@@ -232,16 +231,12 @@ def check_benchmark(bench: Path, c: _Collector) -> set[str]:
                 if used.setdefault(key, vid) != vid:
                     c.add("anno_shared", ewhere, f"anno_id {key} is also used by video "
                           f"{used[key]}")
-                types.setdefault(key, set()).add(e.get("type_id"))
                 if key not in masks:
                     c.add("dangling_anno_id", ewhere, f"anno_id {key} has no entry in "
                           f"{MASK_FILE}")
                 elif key not in checked:
                     checked.add(key)
                     _check_mask_entry(masks[key], key, frames, (height, width), c)
-        for key, ts in types.items():
-            if LONG_TYPE not in ts:
-                c.add("no_long", where, f"anno_id {key} has short expressions but no long one")
     for key in masks:
         if key not in used:
             c.add("orphan_mask", f"{MASK_FILE}[{key}]", "no expression refers to this anno_id")

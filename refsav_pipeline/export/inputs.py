@@ -10,7 +10,9 @@ Assumed columns (extra columns are ignored):
 - ``benchmark.parquet``: ``video_id`` (str), ``masklet_type`` (str), ``masklet_id`` (int).
 - ``validated.parquet``: the same key columns, the final texts ``object_caption``,
   ``scene_caption``, ``video_caption`` (str or null) and ``short_expressions`` (list<str> or null).
-  Every row is an accepted sample; rejected ones are not in the file.
+  Every row is an accepted sample; rejected ones are not in the file. Optional
+  ``long_accepted`` (bool, default true): false when people kept the object and its short
+  expressions but rejected the long text (the review module writes this column).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class ValidatedSample(BaseModel):
     scene_caption: str | None = None
     video_caption: str | None = None
     short_expressions: tuple[str, ...] = ()
+    long_accepted: bool = True
 
     @property
     def key(self) -> Key:
@@ -79,9 +82,12 @@ def load_validated(out_dir: str | Path) -> list[ValidatedSample]:
     if not path.is_file():
         raise FileNotFoundError(
             f"{path} not found: the benchmark export needs reviewed samples (refsav review)")
+    optional = ["long_accepted"] if "long_accepted" in pq.read_schema(path).names else []
     samples = []
-    for r in _read(path, _VALIDATED_COLUMNS):
+    for r in _read(path, _VALIDATED_COLUMNS + optional):
         r["short_expressions"] = tuple(r["short_expressions"] or ())
+        if r.get("long_accepted") is None:
+            r.pop("long_accepted", None)
         samples.append(ValidatedSample.model_validate(r))
     keys = [s.key for s in samples]
     if len(set(keys)) != len(keys):

@@ -233,7 +233,9 @@ def export_benchmark(out_dir: str | Path, dest: str | Path, cfg: ExportConfig | 
             texts: list[tuple[str, int]] = []
             long = compose_long(cfg.long_expression, sample.object_caption,
                                 sample.scene_caption, sample.video_caption)
-            if long is None:
+            if not sample.long_accepted:
+                pass  # people kept the object for its short expressions only
+            elif long is None:
                 result.warnings.append(f"{sample.key}: no final {cfg.long_expression} text, "
                                        "long expression left out")
             else:
