@@ -11,16 +11,19 @@ import cv2
 import numpy as np
 
 from refsav_pipeline.colors import OBJECT_PALETTE
+from refsav_pipeline.config import YELLOW
 from refsav_pipeline.llm.config import ClientConfig, ModelsConfig
-
-YELLOW = (255, 255, 0)
+from refsav_pipeline.render import (
+    box_image,
+    contour_image,
+    encode_jpeg,
+    masked_frame,
+    object_crop,
+)
 
 
 def to_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
-                           [cv2.IMWRITE_JPEG_QUALITY, quality])
-    assert ok
-    return buf.tobytes()
+    return encode_jpeg(rgb, max_side=max(rgb.shape[:2]), quality=quality)
 
 
 def background(h: int = 240, w: int = 320, seed: int = 0) -> np.ndarray:
@@ -49,26 +52,19 @@ def object_frame(color: str, cx: int, cy: int, r: int = 30, h: int = 240, w: int
     return frame, mask
 
 
-def masked_frame(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    out = np.zeros_like(frame)
-    out[mask] = frame[mask]
-    return out
+def _bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return (int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
+            int(ys.max() - ys.min() + 1))
 
 
 def crop(frame: np.ndarray, mask: np.ndarray, margin: int = 8) -> np.ndarray:
-    """Object crop with non-object pixels blacked out (the pipeline's crop)."""
-    ys, xs = np.nonzero(mask)
-    y0, y1 = max(0, ys.min() - margin), min(mask.shape[0], ys.max() + margin + 1)
-    x0, x1 = max(0, xs.min() - margin), min(mask.shape[1], xs.max() + margin + 1)
-    return masked_frame(frame, mask)[y0:y1, x0:x1]
+    """Object crop with non-object pixels blacked out, exactly as the pipeline renders it."""
+    return object_crop(frame, mask, _bbox(mask), margin)
 
 
 def contour_frame(frame: np.ndarray, mask: np.ndarray, thickness: int = 3) -> np.ndarray:
-    out = frame.copy()
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL,
-                                   cv2.CHAIN_APPROX_NONE)
-    cv2.drawContours(out, contours, -1, YELLOW, thickness)
-    return out
+    return contour_image(frame, mask, YELLOW, thickness)
 
 
 def box_frames(color: str, path: list[tuple[int, int]], r: int = 20, h: int = 240,
@@ -77,10 +73,7 @@ def box_frames(color: str, path: list[tuple[int, int]], r: int = 20, h: int = 24
     out = []
     for i, (cx, cy) in enumerate(path):
         frame, mask = object_frame(color, cx, cy, r, h, w, seed=i)
-        ys, xs = np.nonzero(mask)
-        cv2.rectangle(frame, (int(xs.min()) - margin, int(ys.min()) - margin),
-                      (int(xs.max()) + margin, int(ys.max()) + margin), YELLOW, thickness)
-        out.append(to_jpeg(frame))
+        out.append(to_jpeg(box_image(frame, _bbox(mask), YELLOW, thickness, margin)))
     return out
 
 
