@@ -86,6 +86,9 @@ class CaptionActor:
     async def stats(self) -> dict[str, Any]:
         return self.session.stats()
 
+    async def close(self) -> None:
+        await self.session.aclose()
+
 
 @dataclass
 class _ShardWork:
@@ -229,6 +232,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                     bar.advance(t_masks)
                     finish_if_complete(shard_id)
     stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
+    ray.get([a.close.remote() for a in actors])
     for a in actors:
         ray.kill(a)
     stats.wall_s = time.time() - t_start
