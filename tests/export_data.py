@@ -1,56 +1,56 @@
-"""Inputs of the export that other modules own, written by hand for tests: the benchmark
-selection (``benchmark/benchmark.parquet``) and the accepted review samples
-(``review/validated.parquet``), in the columns ``refsav_pipeline.export.inputs`` documents."""
+"""Inputs of the export that the review module owns, made the way people make them: the
+benchmark selection (``select_and_write``), reviewers' decisions in the ``DecisionStore`` and
+the validated file written by ``export_validated``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
+from refsav_pipeline.review.export import export_validated
+from refsav_pipeline.review.select import BenchmarkSample, select_and_write
+from refsav_pipeline.review.store import DecisionStore, NewDecision
 
-from refsav_pipeline.export.inputs import BENCHMARK_FILE, VALIDATED_FILE
-from refsav_pipeline.records import RefSavRow
-
-VALIDATED_SCHEMA = pa.schema([
-    ("video_id", pa.string()), ("masklet_type", pa.string()), ("masklet_id", pa.int32()),
-    ("object_caption", pa.string()), ("scene_caption", pa.string()),
-    ("video_caption", pa.string()), ("short_expressions", pa.list_(pa.string())),
-    ("reviewer", pa.string()),  # an extra column the adapter must ignore
-])
+BENCHMARK_COUNT = 5
+"""With ``synth_sav(videos=4, seed=0)`` and seed 0: two whole videos, one with manual and auto
+objects, and a failed row of a benchmark video that must stay out of train anyway."""
 
 
-def final_texts(row: RefSavRow, i: int) -> dict[str, str]:
+def final_texts(s: BenchmarkSample, i: int) -> dict[str, str]:
     """Edited, unique-per-sample final texts (with characters HTML and JSON must escape)."""
     return {
-        "object_caption": f"final object #{i} <b>{row.video_id}</b>",
-        "scene_caption": f"final scene #{i} & \"{row.masklet_type}\"",
-        "video_caption": f"final video #{i}: the object {row.masklet_id} — moves é",
+        "edited_object_caption": f"final object #{i} <b>{s.video_id}</b>",
+        "edited_scene_caption": f"final scene #{i} & \"{s.masklet_type}\"",
+        "edited_video_caption": f"final video #{i}: the object {s.masklet_id} — moves é",
     }
 
 
-def write_review_inputs(out_dir: Path, rows: list[RefSavRow], n_videos: int = 2,
+def decide(store: DecisionStore, s: BenchmarkSample, reviewer: str, action: str,
+           **kw: str) -> None:
+    """One reviewer's decision on the view they would see now (no conflict)."""
+    store.record(NewDecision(video_id=s.video_id, masklet_type=s.masklet_type,
+                             masklet_id=s.masklet_id, sample_version=s.sample_version,
+                             reviewer=reviewer, action=action,
+                             base_seq=store.latest_seq(s.key), **kw))
+
+
+def write_review_inputs(out_dir: Path, count: int = BENCHMARK_COUNT, seed: int = 0,
                         reject: int = 1) -> tuple[set[str], list[dict]]:
-    """Benchmark = every masklet of the first ``n_videos`` videos; all ``ok`` ones accepted
-    except the first ``reject``. Returns (benchmark video ids, validated records)."""
-    videos = sorted({r.video_id for r in rows})[:n_videos]
-    bench = [r for r in rows if r.video_id in videos]
-    (out_dir / BENCHMARK_FILE).parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(
-        [{"video_id": r.video_id, "masklet_type": r.masklet_type, "masklet_id": r.masklet_id,
-          "score": 1.0} for r in bench]), out_dir / BENCHMARK_FILE)
-    accepted = [r for r in bench if r.status == "ok"][reject:]
-    records = []
-    for i, r in enumerate(accepted):
-        shorts = [f"short {i} a", f"short {i} b"] if i % 2 == 0 else []
-        records.append({"video_id": r.video_id, "masklet_type": r.masklet_type,
-                        "masklet_id": r.masklet_id, **final_texts(r, i),
-                        "short_expressions": shorts or None, "reviewer": "ann"})
-    (out_dir / VALIDATED_FILE).parent.mkdir(parents=True, exist_ok=True)
-    # Written in reverse: the export must not depend on the file's order.
-    pq.write_table(pa.Table.from_pylist(records[::-1], schema=VALIDATED_SCHEMA),
-                   out_dir / VALIDATED_FILE)
-    return set(videos), records
+    """Select a benchmark of whole videos and review it: the first ``reject`` samples (in
+    review order) rejected, every other one accepted with edited texts by "ann"; every second
+    accepted one also gets two short expressions, the second from "bob" accepting after her.
+    Returns (benchmark video ids, validated records as written by the review export)."""
+    samples = select_and_write(out_dir, count=count, seed=seed, double_review=0.0)
+    store = DecisionStore.for_run(out_dir)
+    for s in samples[:reject]:
+        decide(store, s, "ann", "reject", reason="wrong object")
+    for i, s in enumerate(samples[reject:]):
+        shorts = i % 2 == 0
+        decide(store, s, "ann", "edit_accept", **final_texts(s, i),
+               **({"short_expression": f"short {i} a"} if shorts else {}))
+        if shorts:
+            decide(store, s, "bob", "accept", short_expression=f"short {i} b")
+    _, validated = export_validated(out_dir)
+    return {s.video_id for s in samples}, [v.model_dump() for v in validated]
 
 
 def make_export(synth_root: Path, base: Path, fail_every: int = 4) -> dict:
@@ -61,7 +61,11 @@ def make_export(synth_root: Path, base: Path, fail_every: int = 4) -> dict:
 
     out, dest = base / "out", base / "dest"
     rows = write_fake_run(synth_root, out, fail_every=fail_every)
-    bench_videos, records = write_review_inputs(out, rows)
+    bench_videos, records = write_review_inputs(out)
+    # the test data must exercise both sides: held-out videos and videos left for train
+    assert 0 < len(bench_videos) < len({r.video_id for r in rows})
+    assert any(r.video_id in bench_videos and r.status != "ok" for r in rows)
+    assert all(r["long_accepted"] for r in records)
     train, bench = export_sa2va(out, dest)
     return {"out": out, "dest": dest, "rows": rows, "bench_videos": bench_videos,
             "records": records, "train": train, "bench": bench}

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from export_data import make_export
+from export_data import decide, make_export
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
@@ -18,6 +20,10 @@ from refsav_pipeline.cli import app
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.export.check import check_export
 from refsav_pipeline.export.sa2va import export_benchmark, export_train
+from refsav_pipeline.review.export import VALIDATED_SCHEMA, export_validated
+from refsav_pipeline.review.paths import validated_path
+from refsav_pipeline.review.select import load_benchmark
+from refsav_pipeline.review.store import DecisionStore
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +162,21 @@ def test_export_is_deterministic(ex: dict, tmp_path: Path) -> None:
         assert (tmp_path / rel).read_bytes() == (ex["dest"] / rel).read_bytes(), rel
 
 
+def test_export_does_not_depend_on_the_validated_files_order(ex: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(ex["out"], out)
+    path = validated_path(out)
+    table = pq.read_table(path, schema=VALIDATED_SCHEMA)
+    pq.write_table(table.take(list(range(table.num_rows))[::-1]), path)
+    export_benchmark(out, tmp_path)
+    for rel in ("ref_sav_eval/meta_expressions_valid.json", "ref_sav_eval/mask_dict.json",
+                "ref_sav_eval/export_manifest.json"):
+        assert (tmp_path / rel).read_bytes() == (ex["dest"] / rel).read_bytes(), rel
+    pq.write_table(pa.concat_tables([table, table.slice(0, 1)]), path)
+    with pytest.raises(ValueError, match="more than once"):
+        export_benchmark(out, tmp_path)
+
+
 def test_long_expression_is_a_config_choice(ex: dict, tmp_path: Path) -> None:
     export_train(ex["out"], tmp_path, ExportConfig(long_expression="scene+video"))
     data = json.loads((tmp_path / "Ref-SAV.json").read_text())
@@ -208,17 +229,16 @@ def test_cli_export_and_check(ex: dict, synth_root: Path, tmp_path: Path) -> Non
 
 def test_long_rejected_objects_keep_only_their_short_expressions(ex: dict, synth_root: Path,
                                                                  tmp_path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
     out = tmp_path / "out"
     shutil.copytree(ex["out"], out)
-    path = out / "review" / "validated.parquet"
-    table = pq.read_table(path)
-    with_shorts = [i for i, s in enumerate(table["short_expressions"].to_pylist()) if s]
-    flags = [i != with_shorts[0] for i in range(table.num_rows)]
-    pq.write_table(table.append_column("long_accepted", pa.array(flags)), path)
-    rejected = table.slice(with_shorts[0], 1).to_pylist()[0]
+    # A later reviewer rejects the long text of an object that has short expressions: the
+    # review keeps the object for its short expressions only (long_accepted false).
+    rejected = next(r for r in ex["records"] if r["short_expressions"])
+    key = (rejected["video_id"], rejected["masklet_type"], rejected["masklet_id"])
+    sample = next(s for s in load_benchmark(out) if s.key == key)
+    decide(DecisionStore.for_run(out), sample, "carol", "reject", reason="wrong motion")
+    _, validated = export_validated(out)
+    assert [v.key for v in validated if not v.long_accepted] == [key]
     b = export_benchmark(out, tmp_path / "dest")
     assert b.long_expressions == len(ex["records"]) - 1 and b.warnings == []
     assert check_export(tmp_path / "dest") == []

@@ -12,7 +12,7 @@ from rich.console import Console
 from refsav_pipeline.config import ExportConfig, PipelineConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.check import check_export
-from refsav_pipeline.export.inputs import BENCHMARK_FILE, has_benchmark
+from refsav_pipeline.review.paths import benchmark_path
 
 export_app = typer.Typer(help="Export a run to Sa2VA's Ref-SAV formats and check an export.",
                          no_args_is_help=True)
@@ -58,8 +58,8 @@ def sa2va(
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
     try:
         if part in (PartChoice.train, PartChoice.all):
-            if not has_benchmark(out):
-                console.print(f"[yellow]warning:[/yellow] no {BENCHMARK_FILE} in {out}: no "
+            if not benchmark_path(out).is_file():
+                console.print(f"[yellow]warning:[/yellow] no {benchmark_path(out)}: no "
                               "benchmark videos are held out of train")
             t = export_train(out, to, cfg)
             console.print(f"train: {t.entries} entries, {t.objects} objects -> {t.path} "

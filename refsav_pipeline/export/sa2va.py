@@ -27,14 +27,10 @@ from pycocotools import mask as mask_utils
 
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
-from refsav_pipeline.export.inputs import (
-    VALIDATED_FILE,
-    ValidatedSample,
-    benchmark_video_ids,
-    load_validated,
-)
 from refsav_pipeline.pipeline.plan import load_plan, write_atomic
 from refsav_pipeline.records import read_rows
+from refsav_pipeline.review import ValidatedSample, benchmark_video_ids, load_validated
+from refsav_pipeline.review.paths import validated_path
 from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.masklets import load_annotation
 from refsav_pipeline.sav.schema import ANNOTATION_STRIDE, SavAnnotation
@@ -94,8 +90,13 @@ class BenchmarkExport:
     warnings: list[str] = field(default_factory=list)
 
 
+def _validated(out_dir: Path) -> list[ValidatedSample]:
+    """The reviewed samples sorted by key, so the export does not depend on review order."""
+    return sorted(load_validated(out_dir), key=lambda s: s.key)
+
+
 def _validated_or_empty(out_dir: Path) -> list[ValidatedSample]:
-    return load_validated(out_dir) if (out_dir / VALIDATED_FILE).is_file() else []
+    return _validated(out_dir) if validated_path(out_dir).is_file() else []
 
 
 def export_train(out_dir: str | Path, dest: str | Path,
@@ -184,7 +185,7 @@ def export_benchmark(out_dir: str | Path, dest: str | Path, cfg: ExportConfig | 
     cfg = cfg or ExportConfig()
     out_dir, dest = Path(out_dir), Path(dest)
     sav_root = Path(load_plan(out_dir).sav_root)
-    samples = load_validated(out_dir)
+    samples = _validated(out_dir)
     rows = {(r["video_id"], r["masklet_type"], r["masklet_id"]): r
             for r in read_rows(out_dir).to_pylist()}
     unknown = [s.key for s in samples if s.key not in rows]

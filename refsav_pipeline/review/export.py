@@ -4,7 +4,7 @@ they wrote, as ``<out>/review/validated.parquet`` for the Sa2VA benchmark export
 from __future__ import annotations
 
 import io
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import pyarrow as pa
@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
 from refsav_pipeline.review.paths import validated_path
-from refsav_pipeline.review.select import load_benchmark
+from refsav_pipeline.review.select import SampleKey, load_benchmark
 from refsav_pipeline.review.store import ACCEPTING, DecisionStore
 
 
@@ -49,6 +49,10 @@ class ValidatedSample(BaseModel):
     decision_seqs: list[int]  # the log entries this row is derived from
     sample_version: str
     config_fingerprint: str
+
+    @property
+    def key(self) -> SampleKey:
+        return (self.video_id, self.masklet_type, self.masklet_id)
 
 
 VALIDATED_SCHEMA = pa.schema([
@@ -132,9 +136,14 @@ def export_validated(out_dir: str | Path) -> tuple[Path, list[ValidatedSample]]:
 def load_validated(out_dir: str | Path) -> list[ValidatedSample]:
     """The exported validated benchmark (``refsav review export`` first), in review order.
     Long expressions: rows with ``long_accepted`` (captions non-null exactly there); short
-    expressions: ``short_expressions`` of every row."""
+    expressions: ``short_expressions`` of every row. A key listed twice is a ``ValueError``."""
     path = validated_path(out_dir)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: run `refsav review export --out {out_dir}`")
     table = pq.read_table(path, schema=VALIDATED_SCHEMA)
-    return [ValidatedSample.model_validate(d) for d in table.to_pylist()]
+    samples = [ValidatedSample.model_validate(d) for d in table.to_pylist()]
+    counts = Counter(s.key for s in samples)
+    dup = sorted(k for k, n in counts.items() if n > 1)
+    if dup:
+        raise ValueError(f"{path}: samples listed more than once: {dup[:5]}")
+    return samples
