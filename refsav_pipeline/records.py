@@ -37,8 +37,8 @@ class RefSavRow(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     video_id: str
-    masklet_id: int
     masklet_type: str
+    masklet_id: int
     masklet_index: int  # position in the annotation file's inner masklet list
     video_path: str  # relative to the SA-V root
     anno_path: str  # relative to the SA-V root (the _manual or _auto JSON)
@@ -79,10 +79,10 @@ def _per_call(value_type: pa.DataType) -> pa.DataType:
     return pa.struct([pa.field(c, value_type) for c in CALLS])
 
 
-ROW_SCHEMA = pa.schema([
+MASKLET_FIELDS: list[pa.Field] = [
     pa.field("video_id", pa.string(), nullable=False),
-    pa.field("masklet_id", pa.int32(), nullable=False),
     pa.field("masklet_type", pa.string(), nullable=False),
+    pa.field("masklet_id", pa.int32(), nullable=False),
     pa.field("masklet_index", pa.int32(), nullable=False),
     pa.field("video_path", pa.string(), nullable=False),
     pa.field("anno_path", pa.string(), nullable=False),
@@ -90,6 +90,12 @@ ROW_SCHEMA = pa.schema([
     pa.field("width", pa.int32(), nullable=False),
     pa.field("video_frame_count", pa.int32(), nullable=False),
     pa.field("size_bucket", pa.string()),
+]
+"""Where a masklet is (key, SA-V files, frame size, size bucket): the leading columns of the
+run's rows, the benchmark selection and the validated benchmark, defined once here."""
+
+ROW_SCHEMA = pa.schema([
+    *MASKLET_FIELDS,
     pa.field("max_area_frame", pa.int32()),
     pa.field("max_area", pa.int64()),
     pa.field("sampled_frames", pa.list_(pa.int32())),
@@ -176,6 +182,8 @@ def shard_files(out_dir: str | Path) -> list[Path]:
     """Finished shard files of a run: renamed into place and vouched for by a valid marker."""
     found = sorted((Path(out_dir) / SHARDS_DIR).glob("shard-*.parquet"))
     return [p for p in found if valid_marker(p) is not None]
+
+
 def read_rows(out_dir: str | Path) -> pa.Table:
     """All rows of a run as one table, in shard order (empty table with the schema if none)."""
     files = shard_files(out_dir)

@@ -11,8 +11,11 @@ from factories import write_fake_run
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
-from refsav_pipeline.records import read_rows
+from refsav_pipeline.records import MASKLET_FIELDS, ROW_SCHEMA, RefSavRow, read_rows
+from refsav_pipeline.review.export import VALIDATED_SCHEMA, ValidatedSample
 from refsav_pipeline.review.select import (
+    BENCHMARK_SCHEMA,
+    BenchmarkSample,
     SelectionExists,
     benchmark_video_ids,
     load_benchmark,
@@ -126,3 +129,18 @@ def test_reselect_refused_once_decisions_exist(synth_root: Path, tmp_path: Path)
     assert forced.exit_code == 0, forced.output
     assert [x.key for x in load_benchmark(out)] == [x.key for x in first]
     assert len(DecisionStore.for_run(out).decisions()) == 1  # decisions survive a re-select
+
+
+@pytest.mark.parametrize(("schema", "model"), [(ROW_SCHEMA, RefSavRow),
+                                               (BENCHMARK_SCHEMA, BenchmarkSample),
+                                               (VALIDATED_SCHEMA, ValidatedSample)])
+def test_schemas_share_the_masklet_fields_and_match_their_models(schema, model) -> None:
+    start = schema.get_field_index("video_id")
+    assert list(schema)[start:start + len(MASKLET_FIELDS)] == MASKLET_FIELDS
+    assert [f.name for f in MASKLET_FIELDS] == ["video_id", "masklet_type", "masklet_id",
+                                                "masklet_index", "video_path", "anno_path",
+                                                "height", "width", "video_frame_count",
+                                                "size_bucket"]
+    assert sorted(schema.names) == sorted(model.model_fields)
+    if model is RefSavRow:
+        assert schema.names == list(model.model_fields)

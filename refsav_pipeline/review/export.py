@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
+from refsav_pipeline.records import MASKLET_FIELDS
 from refsav_pipeline.review.paths import validated_path
 from refsav_pipeline.review.select import SampleKey, load_benchmark
 from refsav_pipeline.review.store import ACCEPTING, DecisionStore
@@ -56,16 +57,7 @@ class ValidatedSample(BaseModel):
 
 
 VALIDATED_SCHEMA = pa.schema([
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("masklet_type", pa.string(), nullable=False),
-    pa.field("masklet_id", pa.int32(), nullable=False),
-    pa.field("masklet_index", pa.int32(), nullable=False),
-    pa.field("video_path", pa.string(), nullable=False),
-    pa.field("anno_path", pa.string(), nullable=False),
-    pa.field("height", pa.int32(), nullable=False),
-    pa.field("width", pa.int32(), nullable=False),
-    pa.field("video_frame_count", pa.int32(), nullable=False),
-    pa.field("size_bucket", pa.string()),
+    *MASKLET_FIELDS,
     pa.field("long_accepted", pa.bool_(), nullable=False),
     pa.field("object_caption", pa.string()),
     pa.field("scene_caption", pa.string()),

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
-from refsav_pipeline.records import read_rows
+from refsav_pipeline.records import MASKLET_FIELDS, read_rows
 from refsav_pipeline.review.paths import benchmark_path
 
 SampleKey = tuple[str, str, int]
@@ -66,16 +66,7 @@ class BenchmarkSample(BaseModel):
 
 BENCHMARK_SCHEMA = pa.schema([
     pa.field("position", pa.int32(), nullable=False),
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("masklet_type", pa.string(), nullable=False),
-    pa.field("masklet_id", pa.int32(), nullable=False),
-    pa.field("masklet_index", pa.int32(), nullable=False),
-    pa.field("video_path", pa.string(), nullable=False),
-    pa.field("anno_path", pa.string(), nullable=False),
-    pa.field("height", pa.int32(), nullable=False),
-    pa.field("width", pa.int32(), nullable=False),
-    pa.field("video_frame_count", pa.int32(), nullable=False),
-    pa.field("size_bucket", pa.string()),
+    *MASKLET_FIELDS,
     pa.field("stratum", pa.string(), nullable=False),
     pa.field("max_area_frame", pa.int32(), nullable=False),
     pa.field("max_area", pa.int64(), nullable=False),
