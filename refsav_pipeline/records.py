@@ -7,8 +7,9 @@ files from different runs concatenate, and ``read_rows`` is how every reader loa
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -33,7 +34,14 @@ class PerCall(BaseModel):
     video: str | float | int | None = None
 
 
-class RefSavRow(BaseModel):
+SampleKey = tuple[str, str, int]
+"""(video_id, masklet_type, masklet_id): ids repeat between a video's manual and auto files."""
+
+
+class MaskletLocation(BaseModel):
+    """Where a masklet is, as the columns ``MASKLET_FIELDS`` store it: the leading fields of
+    a run's row, a benchmark sample and a validated sample."""
+
     model_config = ConfigDict(extra="forbid")
 
     video_id: str
@@ -46,6 +54,18 @@ class RefSavRow(BaseModel):
     width: int
     video_frame_count: int
     size_bucket: str | None = None
+
+    @property
+    def key(self) -> SampleKey:
+        return (self.video_id, self.masklet_type, self.masklet_id)
+
+
+def masklet_location(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``MaskletLocation`` fields of a row (a dict, e.g. a model's ``model_dump()``)."""
+    return {name: row[name] for name in MaskletLocation.model_fields}
+
+
+class RefSavRow(MaskletLocation):
     max_area_frame: int | None = None
     max_area: int | None = None
     sampled_frames: list[int] = []
@@ -69,10 +89,6 @@ class RefSavRow(BaseModel):
     error: str | None = None
     pipeline_version: str
     config_fingerprint: str
-
-    @property
-    def key(self) -> tuple[str, str, int]:
-        return (self.video_id, self.masklet_type, self.masklet_id)
 
 
 def _per_call(value_type: pa.DataType) -> pa.DataType:

@@ -11,7 +11,13 @@ from factories import write_fake_run
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
-from refsav_pipeline.records import MASKLET_FIELDS, ROW_SCHEMA, RefSavRow, read_rows
+from refsav_pipeline.records import (
+    MASKLET_FIELDS,
+    ROW_SCHEMA,
+    MaskletLocation,
+    RefSavRow,
+    read_rows,
+)
 from refsav_pipeline.review.export import VALIDATED_SCHEMA, ValidatedSample
 from refsav_pipeline.review.select import (
     BENCHMARK_SCHEMA,
@@ -137,10 +143,10 @@ def test_reselect_refused_once_decisions_exist(synth_root: Path, tmp_path: Path)
 def test_schemas_share_the_masklet_fields_and_match_their_models(schema, model) -> None:
     start = schema.get_field_index("video_id")
     assert list(schema)[start:start + len(MASKLET_FIELDS)] == MASKLET_FIELDS
-    assert [f.name for f in MASKLET_FIELDS] == ["video_id", "masklet_type", "masklet_id",
-                                                "masklet_index", "video_path", "anno_path",
-                                                "height", "width", "video_frame_count",
-                                                "size_bucket"]
+    assert [f.name for f in MASKLET_FIELDS] == list(MaskletLocation.model_fields) == [
+        "video_id", "masklet_type", "masklet_id", "masklet_index", "video_path", "anno_path",
+        "height", "width", "video_frame_count", "size_bucket"]
+    assert issubclass(model, MaskletLocation)
     assert sorted(schema.names) == sorted(model.model_fields)
     if model is RefSavRow:
         assert schema.names == list(model.model_fields)

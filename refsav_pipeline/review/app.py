@@ -20,9 +20,10 @@ from typing import Any
 import gradio as gr
 
 from refsav_pipeline.errors import RecordError
+from refsav_pipeline.records import SampleKey
 from refsav_pipeline.review.media import MediaCache, SampleMedia
 from refsav_pipeline.review.paths import media_dir
-from refsav_pipeline.review.select import BenchmarkSample, SampleKey, load_benchmark
+from refsav_pipeline.review.select import BenchmarkSample, load_benchmark
 from refsav_pipeline.review.store import LEASE_SECONDS, DecisionStore, NewDecision
 from refsav_pipeline.review.users import make_auth
 

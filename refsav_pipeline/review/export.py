@@ -9,16 +9,16 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
-from refsav_pipeline.records import MASKLET_FIELDS
+from refsav_pipeline.records import MASKLET_FIELDS, MaskletLocation, masklet_location
 from refsav_pipeline.review.paths import validated_path
-from refsav_pipeline.review.select import SampleKey, load_benchmark
+from refsav_pipeline.review.select import load_benchmark
 from refsav_pipeline.review.store import ACCEPTING, DecisionStore
 
 
-class ValidatedSample(BaseModel):
+class ValidatedSample(MaskletLocation):
     """One benchmark object after review.
 
     ``long_accepted``: the long expression (``video_caption``, Ref-SAV's "formated" text, with
@@ -30,16 +30,6 @@ class ValidatedSample(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    video_id: str
-    masklet_type: str
-    masklet_id: int
-    masklet_index: int
-    video_path: str
-    anno_path: str
-    height: int
-    width: int
-    video_frame_count: int
-    size_bucket: str | None
     long_accepted: bool
     object_caption: str | None
     scene_caption: str | None
@@ -50,10 +40,6 @@ class ValidatedSample(BaseModel):
     decision_seqs: list[int]  # the log entries this row is derived from
     sample_version: str
     config_fingerprint: str
-
-    @property
-    def key(self) -> SampleKey:
-        return (self.video_id, self.masklet_type, self.masklet_id)
 
 
 VALIDATED_SCHEMA = pa.schema([
@@ -104,10 +90,7 @@ def validated_samples(out_dir: str | Path) -> list[ValidatedSample]:
         edited = accepted and any(texts[f] != getattr(s, f) for f in texts)
         final: dict[str, str | None] = dict(texts) if accepted else dict.fromkeys(texts)
         out.append(ValidatedSample(
-            video_id=s.video_id, masklet_type=s.masklet_type, masklet_id=s.masklet_id,
-            masklet_index=s.masklet_index, video_path=s.video_path, anno_path=s.anno_path,
-            height=s.height, width=s.width, video_frame_count=s.video_frame_count,
-            size_bucket=s.size_bucket, long_accepted=accepted, **final, edited=edited,
+            **masklet_location(s.model_dump()), long_accepted=accepted, **final, edited=edited,
             short_expressions=shorts, reviewers=sorted({d.reviewer for d in ds}),
             decision_seqs=[d.seq for d in ds], sample_version=s.sample_version,
             config_fingerprint=s.config_fingerprint))

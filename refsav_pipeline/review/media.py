@@ -20,9 +20,10 @@ import numpy as np
 from pydantic import BaseModel
 
 from refsav_pipeline.pipeline.plan import load_plan
+from refsav_pipeline.records import SampleKey
 from refsav_pipeline.render import box_image, contour_image, encode_jpeg
 from refsav_pipeline.review.paths import media_dir
-from refsav_pipeline.review.select import BenchmarkSample, SampleKey
+from refsav_pipeline.review.select import BenchmarkSample
 from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.frames import decode_mask
 from refsav_pipeline.sav.masklets import load_annotation, masklets_of

@@ -18,34 +18,26 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
-from refsav_pipeline.records import MASKLET_FIELDS, read_rows
+from refsav_pipeline.records import (
+    MASKLET_FIELDS,
+    MaskletLocation,
+    masklet_location,
+    read_rows,
+)
 from refsav_pipeline.review.paths import benchmark_path
-
-SampleKey = tuple[str, str, int]
-"""(video_id, masklet_type, masklet_id): ids repeat between a video's manual and auto files."""
 
 _CAPTION_FIELDS = ("object_caption", "scene_caption", "video_caption")
 
 
-class BenchmarkSample(BaseModel):
+class BenchmarkSample(MaskletLocation):
     """One benchmark object: where it is, what the pipeline said, and its review settings."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     position: int  # review order (objects of one video are adjacent: one decode per video)
-    video_id: str
-    masklet_type: str
-    masklet_id: int
-    masklet_index: int
-    video_path: str  # relative to the SA-V root
-    anno_path: str
-    height: int
-    width: int
-    video_frame_count: int
-    size_bucket: str | None
     stratum: str  # "<masklet_type>/<size_bucket>"
     max_area_frame: int
     max_area: int
@@ -58,10 +50,6 @@ class BenchmarkSample(BaseModel):
     pipeline_version: str
     sample_version: str  # hash of key + captions + fingerprint: decisions are tied to it
     double_review: bool  # needs two independent reviewers (for agreement)
-
-    @property
-    def key(self) -> SampleKey:
-        return (self.video_id, self.masklet_type, self.masklet_id)
 
 
 BENCHMARK_SCHEMA = pa.schema([
@@ -163,11 +151,8 @@ def select_benchmark(rows: pa.Table | list[dict], count: int, seed: int = 0,
 
 def _sample(position: int, r: dict, double: bool) -> BenchmarkSample:
     return BenchmarkSample(
-        position=position, video_id=r["video_id"], masklet_type=r["masklet_type"],
-        masklet_id=r["masklet_id"], masklet_index=r["masklet_index"],
-        video_path=r["video_path"], anno_path=r["anno_path"], height=r["height"],
-        width=r["width"], video_frame_count=r["video_frame_count"],
-        size_bucket=r["size_bucket"], stratum=stratum_of(r["masklet_type"], r["size_bucket"]),
+        **masklet_location(r), position=position,
+        stratum=stratum_of(r["masklet_type"], r["size_bucket"]),
         max_area_frame=r["max_area_frame"], max_area=r["max_area"] or 0,
         sampled_frames=list(r["sampled_frames"] or []), bbox=r["bbox"],
         object_caption=r["object_caption"], scene_caption=r["scene_caption"],

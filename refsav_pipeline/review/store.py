@@ -21,8 +21,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from refsav_pipeline.records import SampleKey
 from refsav_pipeline.review.paths import decisions_path
-from refsav_pipeline.review.select import BenchmarkSample, SampleKey
+from refsav_pipeline.review.select import BenchmarkSample
 
 Action = Literal["accept", "reject", "edit_accept", "skip"]
 ACTIONS: tuple[str, ...] = ("accept", "reject", "edit_accept", "skip")
