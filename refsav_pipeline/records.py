@@ -83,6 +83,8 @@ class RefSavRow(MaskletLocation):
     latency_s: PerCall = PerCall()
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    prompt_tokens_by_call: PerCall = PerCall()
+    completion_tokens_by_call: PerCall = PerCall()
     cached_calls: int = 0
     status: Status
     error_kind: str | None = None
@@ -129,6 +131,8 @@ ROW_SCHEMA = pa.schema([
     pa.field("latency_s", _per_call(pa.float64())),
     pa.field("prompt_tokens", pa.int64(), nullable=False),
     pa.field("completion_tokens", pa.int64(), nullable=False),
+    pa.field("prompt_tokens_by_call", _per_call(pa.int64())),
+    pa.field("completion_tokens_by_call", _per_call(pa.int64())),
     pa.field("cached_calls", pa.int32(), nullable=False),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error_kind", pa.string()),

@@ -74,7 +74,12 @@ def write_fake_run(sav_root: Path, out_dir: Path, shard_size: int = 2,
                                             video="video_caption@v1"),
                     latency_s=PerCall(object_crop=0.1, object_masked=0.1, judge=0.05,
                                       scene=0.1, video=0.2),
-                    prompt_tokens=1200, completion_tokens=150, status="ok",
+                    prompt_tokens=1200, completion_tokens=150,
+                    prompt_tokens_by_call=PerCall(object_crop=300, object_masked=300, judge=100,
+                                                  scene=250, video=250),
+                    completion_tokens_by_call=PerCall(object_crop=20, object_masked=20,
+                                                      judge=30, scene=30, video=50),
+                    status="ok",
                 ))
         write_shard(out_dir, shard.shard_id, rows, FINGERPRINT)
         all_rows.extend(rows)

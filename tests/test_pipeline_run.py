@@ -65,6 +65,9 @@ def test_captions_match_ground_truth(clean_run: Path, synth_root: Path) -> None:
             "object_caption_crop@v1", "object_caption_masked@v1", "consistency_judge@v1",
             "scene_caption@v1", "video_caption@v1"}
         assert r["prompt_tokens"] > 0 and r["completion_tokens"] > 0
+        assert sum(r["prompt_tokens_by_call"].values()) == r["prompt_tokens"]
+        assert sum(r["completion_tokens_by_call"].values()) == r["completion_tokens"]
+        assert all(v > 0 for v in r["prompt_tokens_by_call"].values())
         assert len(r["sampled_frames"]) == 8
 
 

@@ -13,7 +13,13 @@ from playwright.sync_api import sync_playwright
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
-from refsav_pipeline.export.report import REFSAV_MEAN_WORDS, load_frame, pick_gallery, words
+from refsav_pipeline.export.report import (
+    REFSAV_MEAN_WORDS,
+    latency_table,
+    load_frame,
+    pick_gallery,
+    words,
+)
 from refsav_pipeline.pipeline.plan import load_plan
 from refsav_pipeline.pipeline.shards import write_shard
 
@@ -52,6 +58,17 @@ def test_report_files(run: dict) -> None:
     assert summary["by_status"] == {s: statuses.count(s) for s in set(statuses)}
     assert summary["by_kind"] == {"failed: server_error": statuses.count("failed")}
     assert summary["gallery"] == GALLERY
+
+
+def test_tokens_per_stage(run: dict) -> None:
+    ok = [r for r in run["rows"] if r.status == "ok"]
+    stages = {r["stage"]: r for r in latency_table(load_frame(run["out"]))}
+    for call in ("object_crop", "object_masked", "judge", "scene", "video"):
+        assert stages[call]["prompt_tokens"] == sum(
+            getattr(r.prompt_tokens_by_call, call) for r in ok)
+        assert stages[call]["completion_tokens"] == sum(
+            getattr(r.completion_tokens_by_call, call) for r in ok)
+    assert f"{stages['video']['prompt_tokens']:,}" in run["html"].read_text()
 
 
 def test_report_renders_in_chromium(run: dict, tmp_path: Path) -> None:

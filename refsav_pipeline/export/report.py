@@ -182,6 +182,8 @@ def latency_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     for c in CALLS:
         v = df[f"latency_s.{c}"].dropna()
         out.append({"stage": c, "calls": int(v.size),
+                    "prompt_tokens": int(df[f"prompt_tokens_by_call.{c}"].sum()),
+                    "completion_tokens": int(df[f"completion_tokens_by_call.{c}"].sum()),
                     "mean": float(v.mean()) if v.size else None,
                     "p50": float(v.quantile(0.5)) if v.size else None,
                     "p95": float(v.quantile(0.95)) if v.size else None,
@@ -427,10 +429,12 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
                          for k in kinds], {1, 2}) if kinds else \
         '<p class="note">No rejected or failed rows.</p>'
     lat = latency_table(df)
-    lat_html = _table(["stage", "calls", "mean s", "p50 s", "p95 s", "model-seconds", "share"],
+    lat_html = _table(["stage", "calls", "mean s", "p50 s", "p95 s", "model-seconds", "share",
+                       "prompt tok", "completion tok"],
                       [[_e(r["stage"]), str(r["calls"]), _fmt(r["mean"]), _fmt(r["p50"]),
-                        _fmt(r["p95"]), _fmt(r["total"], 1), f"{100 * r['share']:.0f}%"]
-                       for r in lat], {1, 2, 3, 4, 5, 6})
+                        _fmt(r["p95"]), _fmt(r["total"], 1), f"{100 * r['share']:.0f}%",
+                        f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}"]
+                       for r in lat], {1, 2, 3, 4, 5, 6, 7, 8})
     model_seconds = sum(r["total"] for r in lat)
     tok_rows = [
         ["prompt tokens", f"{ptok:,}", _fmt(ptok / len(ok), 0) if len(ok) else "–"],
@@ -483,9 +487,9 @@ that fails more than the others stands out.</p></div></div>
 
 <h2>Throughput and tokens</h2>
 <div class="row"><div class="panel">{fig("latency", "latency per stage")}{lat_html}</div>
-<div class="panel">{tok_html}<p class="note">Tokens are recorded per row (all five calls
-together); latencies per call. Wall-clock rate spans the first shard start to the last shard
-finish.</p></div></div>
+<div class="panel">{tok_html}<p class="note">Latency and tokens are recorded per call (the
+stage table on the left); totals here. Wall-clock rate spans the first shard start to the last
+shard finish.</p></div></div>
 
 <h2>Samples</h2>
 <p class="note">The images the models saw: object crop (max-area frame), yellow contour (same

@@ -30,13 +30,15 @@ class _RowBuilder:
         self.fields["judge_model"] = session.models.judge.model
         self.versions: dict[str, str] = {}
         self.latency: dict[str, float] = {}
-        self.prompt_tokens = self.completion_tokens = self.cached = 0
+        self.call_prompt_tokens: dict[str, int] = {}
+        self.call_completion_tokens: dict[str, int] = {}
+        self.cached = 0
 
     def record(self, call: str, result: CallResult) -> str:
         self.versions[call] = result.prompt_ref
         self.latency[call] = round(result.latency_s, 6)
-        self.prompt_tokens += result.usage.prompt_tokens
-        self.completion_tokens += result.usage.completion_tokens
+        self.call_prompt_tokens[call] = result.usage.prompt_tokens
+        self.call_completion_tokens[call] = result.usage.completion_tokens
         self.cached += int(result.cached)
         return result.text
 
@@ -49,8 +51,12 @@ class _RowBuilder:
             extra = {"error_kind": "internal_error",
                      "error": where + "".join(traceback.format_exception_only(err)).strip()}
         return RefSavRow(**self.fields, **extra, status=status, prompt_versions=self.versions,
-                         latency_s=self.latency, prompt_tokens=self.prompt_tokens,
-                         completion_tokens=self.completion_tokens, cached_calls=self.cached)
+                         latency_s=self.latency,
+                         prompt_tokens=sum(self.call_prompt_tokens.values()),
+                         completion_tokens=sum(self.call_completion_tokens.values()),
+                         prompt_tokens_by_call=self.call_prompt_tokens,
+                         completion_tokens_by_call=self.call_completion_tokens,
+                         cached_calls=self.cached)
 
 
 async def caption_masklet(session: ModelSession, job: MaskletJob) -> RefSavRow:
