@@ -93,8 +93,7 @@ def load_markers(out_dir: Path) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------------
 
 def _save(fig: plt.Figure, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # tight_layout warns on one-bar plots
     plt.close(fig)
     return f"{IMG_DIR}/{path.name}"
 
