@@ -51,6 +51,8 @@ class RenderConfig(_Section):
 
 class DecodeConfig(_Section):
     backend: Literal["pyav", "opencv"] = "pyav"
+    threads: int = Field(1, ge=0, description="decoder threads per video (0: FFmpeg decides); "
+                         "1 fits Ray's one CPU per CPU-stage task")
     check_frame_count: bool = True
 
 
@@ -128,3 +130,6 @@ _FINGERPRINT_EXCLUDE.update({
 
 # Export settings shape the exported files, never a row.
 _FINGERPRINT_EXCLUDE["export"] = True
+
+# Decoder threads change speed, never pixels.
+_FINGERPRINT_EXCLUDE["decode"] = {"threads": True}

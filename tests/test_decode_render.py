@@ -55,6 +55,15 @@ def test_far_frames_are_reached_by_seeking(synth_root: Path) -> None:
     assert got.seeks == 2 and got.decoded < n, "the gap should be skipped, not decoded"
 
 
+def test_seeks_only_when_a_keyframe_lies_between(synth_root: Path) -> None:
+    """Synthetic videos have a keyframe every 24 frames (0, 24, 48, …)."""
+    path = synth_root / find_video(synth_root, "sav_000003").video_path
+    across = decode_frames(path, [26, 70], video_id="v")
+    assert across.seeks == 2 and across.decoded == (26 - 24 + 1) + (70 - 48 + 1)
+    within = decode_frames(path, [26, 40], video_id="v")
+    assert within.seeks == 1 and within.decoded == 40 - 24 + 1
+
+
 def test_video_errors(synth_root: Path, tmp_path: Path) -> None:
     ref = find_video(synth_root, "sav_000001")
     with pytest.raises(RecordError) as err:

@@ -134,7 +134,7 @@ def _render(root: Path, ref: SavVideoRef, cfg: PipelineConfig,
             root / ref.video_path, needed, video_id=ref.video_id,
             expected_frame_count=chosen[0][0].video_frame_count if cfg.decode.check_frame_count
             else None,
-            backend=cfg.decode.backend)
+            backend=cfg.decode.backend, threads=cfg.decode.threads)
     except RecordError as err:
         out.failed.extend(failed_row(base, err) for _, _, base in chosen)
         return

@@ -1,13 +1,16 @@
 """Decoding only the frames a video's masklets need, once per video.
 
-A video's masklets share one decode: the caller passes the union of their frames. PyAV seeks to
-the keyframe before each far-away frame and decodes forward; frames in between are decoded but
-never converted to RGB. The OpenCV backend is kept for comparison (``benchmarks/``).
+A video's masklets share one decode: the caller passes the union of their frames. PyAV first
+demuxes the packets (no decoding) to learn where the keyframes are, then, for each needed frame,
+seeks only when a keyframe lies between the current position and that frame; frames passed on
+the way are decoded but never converted to RGB. The OpenCV backend is kept for comparison
+(``benchmarks/decode_per_masklet.py``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import bisect
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,9 +19,6 @@ import cv2
 import numpy as np
 
 from refsav_pipeline.errors import RecordError
-
-SEEK_GAP = 48
-"""Frames ahead beyond which a seek is cheaper than decoding forward (2 s at 24 fps)."""
 
 
 @dataclass
@@ -39,6 +39,7 @@ def decode_frames(
     video_id: str,
     expected_frame_count: int | None = None,
     backend: str = "pyav",
+    threads: int = 1,
 ) -> DecodedFrames:
     """RGB frames at ``indices``; any problem is a ``RecordError`` on this video."""
     path = Path(path)
@@ -47,7 +48,7 @@ def decode_frames(
         raise RecordError("video_missing", f"{path} not found", video_id=video_id)
     try:
         if backend == "pyav":
-            result = _decode_pyav(path, wanted)
+            result = _decode_pyav(path, wanted, threads)
         elif backend == "opencv":
             result = _decode_opencv(path, wanted)
         else:
@@ -72,7 +73,8 @@ def decode_frames(
     return result
 
 
-def _decode_pyav(path: Path, wanted: list[int]) -> DecodedFrames:
+def _decode_pyav(path: Path, wanted: list[int], threads: int = 1) -> DecodedFrames:
+    """``threads``: decoder threads (0: FFmpeg decides). One per Ray task's CPU by default."""
     with av.open(str(path)) as container:
         if not container.streams.video:
             raise OSError("no video stream")
@@ -81,29 +83,33 @@ def _decode_pyav(path: Path, wanted: list[int]) -> DecodedFrames:
         if not rate or stream.time_base is None:
             raise OSError("no frame rate / time base")
         start = stream.start_time or 0
-        frame_count = stream.frames or _count_frames(path)
+
+        def index_of(pts: int) -> int:
+            return int(round(float((pts - start) * stream.time_base * rate)))
+
+        keyframes, packets = _keyframes(container, stream, index_of)
+        frame_count = stream.frames or packets
         out = DecodedFrames(frames={}, decoded=0, frame_count=frame_count,
                             width=stream.codec_context.width, height=stream.codec_context.height)
+        stream.codec_context.thread_count = threads
+        if threads != 1:
+            stream.thread_type = "AUTO"
         todo = [i for i in wanted if i < frame_count]
-
         wanted_set = set(todo)
-
-        def index_of(frame: av.VideoFrame) -> int:
-            return int(round(float((frame.pts - start) * stream.time_base * rate)))
-
         position: int | None = None
         decoder = None
         for target in todo:
             if target in out.frames or (position is not None and target <= position):
                 continue  # already taken on the way, or absent from the stream
-            if decoder is None or position is None or target - position > SEEK_GAP:
+            k = bisect.bisect_right(keyframes, target) - 1
+            if decoder is None or position is None or (k >= 0 and keyframes[k] > position):
                 pts = start + int(round(target / rate / stream.time_base))
                 container.seek(pts, stream=stream, backward=True, any_frame=False)
                 out.seeks += 1
                 decoder = container.decode(stream)
             for frame in decoder:
                 out.decoded += 1
-                position = index_of(frame)
+                position = index_of(frame.pts)
                 if position in wanted_set and position not in out.frames:
                     out.frames[position] = frame.to_ndarray(format="rgb24")
                 if position >= target:
@@ -113,11 +119,17 @@ def _decode_pyav(path: Path, wanted: list[int]) -> DecodedFrames:
         return out
 
 
-def _count_frames(path: Path) -> int:
-    """Frame count by demuxing packets (no decoding), for containers without ``nb_frames``."""
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return sum(1 for p in container.demux(stream) if p.size)
+def _keyframes(container: av.container.InputContainer, stream: av.video.stream.VideoStream,
+               index_of: Callable[[int], int]) -> tuple[list[int], int]:
+    """Frame indices of the keyframes, and the packet count, from one demux pass."""
+    keyframes, packets = [], 0
+    for packet in container.demux(stream):
+        if packet.size and packet.pts is not None:
+            packets += 1
+            if packet.is_keyframe:
+                keyframes.append(index_of(packet.pts))
+    container.seek(0, stream=stream)
+    return sorted(keyframes), packets
 
 
 def _decode_opencv(path: Path, wanted: list[int]) -> DecodedFrames:
