@@ -147,7 +147,8 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the synthetic sample.")] = 0,
     progress: ProgressOpt = True,
 ) -> None:
-    """The whole job offline: synthetic SA-V sample → reference server → Ray run → status."""
+    """The whole job offline: synthetic SA-V sample → reference server → Ray run → status
+    and an HTML report."""
     sav = out / "sav"
     if not (sav / "synth_truth.json").exists():
         made = synth_sav(sav, videos, seed)
@@ -166,3 +167,7 @@ def demo(
     print_status(run_status(out / "run"), out_console)
     files = shard_files(out / "run")
     out_console.print(f"{len(files)} Parquet shards in {out / 'run' / 'shards'}")
+    from refsav_pipeline.export.report import build_report  # matplotlib: only when needed
+
+    report_path = build_report(out / "run", cfg, gallery_size=12)
+    out_console.print(f"report: {report_path.resolve().as_uri()}")

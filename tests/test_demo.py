@@ -1,0 +1,32 @@
+"""`refsav demo`, the README's quick-start job, as a new user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from refsav_pipeline.records import read_rows, shard_files
+from refsav_pipeline.sav.synth import load_truth
+
+
+def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    cmd = [sys.executable, "-m", "refsav_pipeline.cli", "demo", "--out", str(out), "--videos",
+           "3", "--no-progress"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "3 / 3" in res.stdout and "Parquet shards" in res.stdout
+    truth = load_truth(out / "sav")
+    rows = read_rows(out / "run").to_pylist()
+    assert len(rows) == len(truth) and len(shard_files(out / "run")) == 2
+    for r in rows:
+        t = truth[(r["video_id"], r["masklet_type"], r["masklet_id"])]
+        assert r["status"] == "ok" and t.color in r["video_caption"]
+    report = out / "run" / "report" / "index.html"
+    assert report.is_file() and report.as_uri() in res.stdout.replace("\n", "")
+    # a second demo finds everything done and changes nothing
+    before = {f: f.read_bytes() for f in shard_files(out / "run")}
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {f: f.read_bytes() for f in shard_files(out / "run")} == before
