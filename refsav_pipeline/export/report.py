@@ -33,6 +33,7 @@ from refsav_pipeline.config import PipelineConfig  # noqa: E402
 from refsav_pipeline.errors import RecordError  # noqa: E402
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
 from refsav_pipeline.pipeline.plan import load_plan  # noqa: E402
+from refsav_pipeline.progress import progress  # noqa: E402
 from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker  # noqa: E402
 from refsav_pipeline.render import Renderer, encode_jpeg  # noqa: E402
 from refsav_pipeline.sav.decode import decode_frames  # noqa: E402
@@ -250,7 +251,7 @@ def render_gallery(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConf
     by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_video[r["video_id"]].append(r)
-    for video_id in sorted(by_video):
+    for video_id in progress(sorted(by_video), "report gallery"):
         group = by_video[video_id]
         try:
             needed = {int(f) for r in group for f in [r["max_area_frame"], *r["sampled_frames"]]}

@@ -28,6 +28,7 @@ from pycocotools import mask as mask_utils
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.pipeline.plan import load_plan, write_atomic
+from refsav_pipeline.progress import progress
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.review import ValidatedSample, benchmark_video_ids, load_validated
 from refsav_pipeline.review.paths import validated_path
@@ -203,7 +204,7 @@ def export_benchmark(out_dir: str | Path, dest: str | Path, cfg: ExportConfig | 
     mask_dict: dict[str, list[dict[str, Any] | None]] = {}
     annotations: dict[str, dict[str, Any]] = {}
     next_anno = 0
-    for video_id in sorted(by_video):
+    for video_id in progress(sorted(by_video), "benchmark videos"):
         group = by_video[video_id]
         first = rows[group[0].key]
         anns = {p: load_annotation(sav_root / p, video_id)
