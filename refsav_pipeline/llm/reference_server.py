@@ -24,11 +24,12 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from refsav_pipeline.colors import color_terms_in
+from refsav_pipeline.colors import color_terms_in, highlight_mask
 from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
 from refsav_pipeline.llm.prompts import IMAGE_PLACEHOLDER
 from refsav_pipeline.llm.reference_vision import (
@@ -122,7 +123,12 @@ def _tag(text: str, name: str) -> str | None:
 
 def answer(text: str, images: list[bytes]) -> tuple[str, str, dict[str, Any] | None]:
     """(kind, answer text, judge verdict or None): the deterministic "model"."""
-    if not images:
+    return answer_decoded(text, [decode_jpeg(i) for i in images])
+
+
+def answer_decoded(text: str, rgbs: list[np.ndarray]) -> tuple[str, str, dict[str, Any] | None]:
+    """``answer`` for images already decoded to RGB (the server decodes each image once)."""
+    if not rgbs:
         a, b = _tag(text, "description_a"), _tag(text, "description_b")
         if a is None or b is None:
             return "text", "I can only answer about images or pairs of descriptions.", None
@@ -137,7 +143,6 @@ def answer(text: str, images: list[bytes]) -> tuple[str, str, dict[str, Any] | N
         verdict = {"consistent": consistent, "reason": reason,
                    "description": b if consistent else ""}
         return "judge", json.dumps(verdict), verdict
-    rgbs = [decode_jpeg(i) for i in images]
     if len(rgbs) >= 2:
         direction, seen = motion_direction(rgbs)
         if not seen:
@@ -147,8 +152,9 @@ def answer(text: str, images: list[bytes]) -> tuple[str, str, dict[str, Any] | N
         verb = "stays still" if direction == "still" else f"moves {direction}"
         return "video", f"{subject} {verb} across the video.", None
     rgb = rgbs[0]
-    if has_highlight(rgb):
-        s = see_outlined(rgb)
+    yellow = highlight_mask(rgb)  # once: has_highlight and see_outlined both need it
+    if has_highlight(rgb, yellow):
+        s = see_outlined(rgb, yellow)
         if s.color is None:
             return "scene", "I cannot find an outlined object in this frame.", None
         return ("scene", f"The {s.color} object outlined in yellow is "
@@ -163,10 +169,18 @@ def _count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def _image_tokens(jpeg: bytes, max_patches: int) -> int:
-    h, w = decode_jpeg(jpeg).shape[:2]
+def _image_tokens(shape: tuple[int, ...], max_patches: int) -> int:
+    """Visual tokens of an image of ``shape`` (H, W, …), as InternVL2 tiles it."""
+    h, w = shape[:2]
     tiles = min(max_patches, math.ceil(w / TILE) * math.ceil(h / TILE))
     return TOKENS_PER_TILE * (tiles + (1 if tiles > 1 else 0))
+
+
+def _respond(text: str, images: list[bytes]) -> tuple[str, str, list[tuple[int, ...]]]:
+    """(kind, answer text, image shapes): each image decoded once, for the answer and tokens."""
+    rgbs = [decode_jpeg(i) for i in images]
+    kind, content, _ = answer_decoded(text, rgbs)
+    return kind, content, [r.shape for r in rgbs]
 
 
 def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI:
@@ -244,9 +258,9 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI
 
         try:  # small images: a thread hop costs more than the pixel work it would offload
             if sum(len(i) for i in images) <= INLINE_IMAGE_BYTES:
-                kind, content, _ = answer(text, images)
+                kind, content, shapes = _respond(text, images)
             else:
-                kind, content, _ = await asyncio.to_thread(answer, text, images)
+                kind, content, shapes = await asyncio.to_thread(_respond, text, images)
         except ValueError as e:
             return _error(400, str(e))
         stats.kinds[kind] += 1
@@ -254,7 +268,7 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI
             stats.faults["malformed_json"] += 1
             content = content[: max(1, len(content) // 2)]
         max_patches = int((body.get("mm_processor_kwargs") or {}).get("max_dynamic_patch", 12))
-        prompt_tokens = _count_tokens(text) + sum(_image_tokens(i, max_patches) for i in images)
+        prompt_tokens = _count_tokens(text) + sum(_image_tokens(s, max_patches) for s in shapes)
         completion_tokens = _count_tokens(content)
         return JSONResponse({  # as is: FastAPI's jsonable_encoder pass is wasted on plain JSON
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
@@ -324,5 +338,5 @@ class ReferenceServer:
         self.stop()
 
 
-__all__ = ["ReferenceServer", "ServedModel", "answer", "create_app", "run_server",
+__all__ = ["ReferenceServer", "ServedModel", "answer", "answer_decoded", "create_app", "run_server",
            "served_models"]

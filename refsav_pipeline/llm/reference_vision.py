@@ -41,9 +41,12 @@ def position_name(cx: float, cy: float, w: int, h: int) -> str:
     return " ".join(p for p in (row, col) if p) or "center"
 
 
-def has_highlight(rgb: np.ndarray) -> bool:
-    """True if the image carries a yellow contour or box (enough yellow pixels to be a line)."""
-    n = int(highlight_mask(rgb).sum())
+def has_highlight(rgb: np.ndarray, yellow: np.ndarray | None = None) -> bool:
+    """True if the image carries a yellow contour or box (enough yellow pixels to be a line).
+
+    ``yellow``: ``highlight_mask(rgb)`` if the caller has it already (it is reused by
+    ``see_outlined``, so a scene image is scanned for yellow once)."""
+    n = int((highlight_mask(rgb) if yellow is None else yellow).sum())
     return n >= max(30, int(0.0005 * rgb.shape[0] * rgb.shape[1]))
 
 
@@ -66,9 +69,12 @@ def see_object(rgb: np.ndarray) -> Seen:
     return Seen(dominant_color_name(rgb[mask]), position_name(cx, cy, w, h), cx, cy)
 
 
-def _highlight_regions(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _highlight_regions(rgb: np.ndarray,
+                       yellow_mask: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(yellow line mask, filled area enclosed by the yellow lines) as uint8 0/255 masks."""
-    yellow = highlight_mask(rgb).astype(np.uint8) * 255
+    if yellow_mask is None:
+        yellow_mask = highlight_mask(rgb)
+    yellow = yellow_mask.astype(np.uint8) * 255
     closed = cv2.morphologyEx(yellow, cv2.MORPH_CLOSE, np.ones((5, 5), np.uint8))
     contours, _ = cv2.findContours(closed, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     filled = np.zeros_like(yellow)
@@ -77,9 +83,10 @@ def _highlight_regions(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return yellow, filled
 
 
-def see_outlined(rgb: np.ndarray) -> Seen:
-    """Colour of what lies inside the yellow contour, and where that is in the frame."""
-    yellow, filled = _highlight_regions(rgb)
+def see_outlined(rgb: np.ndarray, yellow: np.ndarray | None = None) -> Seen:
+    """Colour of what lies inside the yellow contour, and where that is in the frame
+    (``yellow``: ``highlight_mask(rgb)`` if already computed)."""
+    yellow, filled = _highlight_regions(rgb, yellow)
     line = cv2.dilate(yellow, np.ones((5, 5), np.uint8))
     inside = (filled > 0) & (line == 0)
     if int(inside.sum()) < MIN_PIXELS:
