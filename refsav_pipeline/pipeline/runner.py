@@ -67,21 +67,9 @@ def ray_session(address: str | None, cfg: PipelineConfig) -> Iterator[None]:
         ray.shutdown()
 
 
-def _limit_cv2_threads(cpus: float) -> None:
-    """OpenCV sizes its thread pool to the machine, not to the Ray task (it ignores the
-    ``OMP_NUM_THREADS=1`` Ray sets): with several tasks per node its resize/convert/encode
-    threads oversubscribe the cores. Results do not depend on the thread count."""
-    import cv2
-
-    n = max(1, int(cpus))
-    if cv2.getNumThreads() != n:
-        cv2.setNumThreads(n)
-
-
 @ray.remote(max_retries=3)
 def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, fingerprint: str,
                     only: set[MaskletKey] | None) -> PreparedVideo:
-    _limit_cv2_threads(cfg.run.cpus_per_task)
     return prepare_video(sav_root, ref, cfg, fingerprint, only)
 
 
