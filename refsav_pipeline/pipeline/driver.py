@@ -112,7 +112,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
     started = time.time()
     total = RunStats()
-    with ray_session(address, cfg):
+    with ray_session(address, cfg, console):
         if pending:
             console.print(f"{len(pending)} of {len(plan.shards)} shards to do")
             total = run_shards(out_dir, plan, cfg, pending, show_progress=show_progress,

@@ -49,7 +49,8 @@ log = logging.getLogger(__name__)
 
 
 @contextmanager
-def ray_session(address: str | None, cfg: PipelineConfig) -> Iterator[None]:
+def ray_session(address: str | None, cfg: PipelineConfig,
+                console: Console | None = None) -> Iterator[None]:
     """A local Ray instance by default, or the cluster at ``address``; shut down on exit."""
     if ray.is_initialized():
         yield
@@ -61,6 +62,11 @@ def ray_session(address: str | None, cfg: PipelineConfig) -> Iterator[None]:
     else:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)
+    if console is not None:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        cpus = int(ray.cluster_resources().get("CPU", 0))
+        where = f"Ray cluster at {address}" if address else "local Ray instance"
+        console.print(f"{where}: {len(nodes)} node(s), {cpus} CPUs")
     try:
         yield
     finally:
