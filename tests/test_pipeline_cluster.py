@@ -65,7 +65,7 @@ def test_run_joins_an_existing_cluster(synth_root: Path, tmp_path: Path) -> None
         assert len(rows) == len(load_truth(synth_root))
         assert {r["status"] for r in rows} == {"ok"}
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
+        head.send_signal(signal.SIGTERM)  # `ray start --block` stops its own processes
         try:
             head.wait(30)
         except subprocess.TimeoutExpired:
