@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +15,11 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     cmd = [sys.executable, "-m", "refsav_pipeline.cli", "demo", "--out", str(out), "--videos",
            "3", "--no-progress"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    # A stale RAY_ADDRESS (or `ray start` file) must not hijack the local instance.
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:9"}
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert res.returncode == 0, res.stderr[-3000:]
+    assert "local Ray instance: 1 node(s)" in res.stderr
     assert "3 / 3" in res.stdout and "Parquet shards" in res.stdout
     truth = load_truth(out / "sav")
     rows = read_rows(out / "run").to_pylist()

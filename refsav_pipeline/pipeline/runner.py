@@ -60,7 +60,8 @@ def ray_session(address: str | None, cfg: PipelineConfig,
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+        # "local": always a new instance, never a stale `ray start` or $RAY_ADDRESS
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)
     if console is not None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
