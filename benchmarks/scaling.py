@@ -106,7 +106,7 @@ def run_once(root: Path, url: str, workers: int, max_side: int) -> dict[str, Any
         cfg = config(url, workers, max_side)
         t0 = time.perf_counter()
         prepare_output(root, out, cfg)
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False,
+        ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024,
                  logging_level=logging.WARNING)
         try:

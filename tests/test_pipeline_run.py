@@ -26,7 +26,8 @@ from refsav_pipeline.sav.synth import load_truth
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=256 * 1024 * 1024,
              logging_level="WARNING")
     yield
     ray.shutdown()
