@@ -27,7 +27,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
-from pycocotools import mask as mask_utils  # noqa: E402
 
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
 from refsav_pipeline.errors import RecordError  # noqa: E402
@@ -37,8 +36,8 @@ from refsav_pipeline.progress import progress  # noqa: E402
 from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker  # noqa: E402
 from refsav_pipeline.render import Renderer, encode_jpeg  # noqa: E402
 from refsav_pipeline.sav.decode import decode_frames  # noqa: E402
-from refsav_pipeline.sav.masklets import load_annotation  # noqa: E402
-from refsav_pipeline.sav.schema import ANNOTATION_STRIDE  # noqa: E402
+from refsav_pipeline.sav.frames import boxes_at, decode_mask  # noqa: E402
+from refsav_pipeline.sav.masklets import load_annotation, masklets_of  # noqa: E402
 
 REPORT_DIR = "report"
 IMG_DIR = "img"
@@ -263,21 +262,15 @@ def render_gallery(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConf
             problems.append(str(exc))
             continue
         for r in group:
-            ann, k = anns[r["anno_path"]], int(r["masklet_index"])
-
-            def rle(frame: int, ann: Any = ann, k: int = k) -> dict[str, Any]:
-                cell = ann.masklet[frame // ANNOTATION_STRIDE][k]
-                return {"size": list(cell.size), "counts": cell.counts}
-
+            m = masklets_of(anns[r["anno_path"]], r["masklet_type"])[int(r["masklet_index"])]
             best = int(r["max_area_frame"])
-            mask = mask_utils.decode(rle(best)).astype(bool)
+            mask = decode_mask(m, best)
             frame = decoded[best]
             box = tuple(int(v) for v in r["bbox"])
             stem = _safe(f"{len(items):03d}_{video_id}_{r['masklet_type']}_{r['masklet_id']}")
             tiles = []
-            for f in r["sampled_frames"]:
-                b = tuple(int(round(v)) for v in mask_utils.toBbox(rle(int(f))))
-                tile = renderer.boxed(decoded[int(f)], b)
+            for f, b in boxes_at(m, [int(f) for f in r["sampled_frames"]]).items():
+                tile = renderer.boxed(decoded[f], b)
                 scale = STRIP_HEIGHT / tile.shape[0]
                 tiles.append(cv2.resize(tile, (max(1, round(tile.shape[1] * scale)),
                                                STRIP_HEIGHT), interpolation=cv2.INTER_AREA))

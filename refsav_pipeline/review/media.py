@@ -25,7 +25,7 @@ from refsav_pipeline.render import box_image, contour_image, encode_jpeg
 from refsav_pipeline.review.paths import media_dir
 from refsav_pipeline.review.select import BenchmarkSample
 from refsav_pipeline.sav.decode import decode_frames
-from refsav_pipeline.sav.frames import decode_mask
+from refsav_pipeline.sav.frames import boxes_at, decode_mask
 from refsav_pipeline.sav.masklets import load_annotation, masklets_of
 from refsav_pipeline.sav.schema import ANNOTATION_STRIDE
 from refsav_pipeline.sav.synth import write_mp4
@@ -146,7 +146,7 @@ class MediaCache:
             shown.append(vf)
             clip_frames.append(image)
         sampled = []
-        boxes = _boxes(m, s.sampled_frames)
+        boxes = boxes_at(m, list(s.sampled_frames))
         for k, vf in enumerate(s.sampled_frames):
             x, y, w, h = boxes[vf]
             box = (round(x * sx), round(y * sy), max(1, round(w * sx)), max(1, round(h * sy)))
@@ -168,12 +168,3 @@ class MediaCache:
         except OSError:  # another process finished the same object first
             shutil.rmtree(tmp, ignore_errors=True)
 
-
-def _boxes(m, frames: list[int]) -> dict[int, tuple[int, int, int, int]]:
-    from pycocotools import mask as mask_utils
-
-    out = {}
-    for vf in frames:
-        box = mask_utils.toBbox([m.rles[vf // ANNOTATION_STRIDE]])[0]
-        out[vf] = tuple(int(round(v)) for v in box)
-    return out

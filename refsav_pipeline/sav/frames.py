@@ -74,12 +74,7 @@ def choose_frames(masklet: Masklet, num_sampled: int = 8) -> FrameChoice:
                           video_id=masklet.video_id, masklet_id=masklet.masklet_id)
     best = int(np.argmax(areas))
     sampled = uniform_sample(visible.tolist(), num_sampled)
-    wanted = sorted({best, *sampled})
-    boxes = mask_utils.toBbox([rles[f] for f in wanted])
-    bboxes = {
-        Masklet.video_frame(f): tuple(int(round(v)) for v in box)
-        for f, box in zip(wanted, boxes, strict=True)
-    }
+    bboxes = boxes_at(masklet, [Masklet.video_frame(f) for f in sorted({best, *sampled})])
     return FrameChoice(
         max_area_frame=Masklet.video_frame(best),
         max_area=int(areas[best]),
@@ -91,9 +86,20 @@ def choose_frames(masklet: Masklet, num_sampled: int = 8) -> FrameChoice:
     )
 
 
-def decode_mask(masklet: Masklet, video_frame: int) -> np.ndarray:
-    """The object's binary mask (H, W, bool) at an annotated video frame."""
+def boxes_at(masklet: Masklet, video_frames: list[int]) -> dict[int, Box]:
+    """``[x, y, w, h]`` of the object at annotated video frames, from the RLE counts alone."""
+    boxes = mask_utils.toBbox([masklet.rles[_annotated(masklet, f)] for f in video_frames])
+    return {f: tuple(int(round(v)) for v in box)
+            for f, box in zip(video_frames, boxes, strict=True)}
+
+
+def _annotated(masklet: Masklet, video_frame: int) -> int:
     f, rest = divmod(video_frame, ANNOTATION_STRIDE)
     if rest or not 0 <= f < len(masklet.rles):
         raise ValueError(f"video frame {video_frame} is not an annotated frame of this masklet")
-    return mask_utils.decode(masklet.rles[f]).astype(bool)
+    return f
+
+
+def decode_mask(masklet: Masklet, video_frame: int) -> np.ndarray:
+    """The object's binary mask (H, W, bool) at an annotated video frame."""
+    return mask_utils.decode(masklet.rles[_annotated(masklet, video_frame)]).astype(bool)
