@@ -83,7 +83,10 @@ class ExportConfig(_Section):
 
 def load_yaml(path: str | Path) -> dict:
     text = Path(path).read_text()
-    data = yaml.safe_load(text) or {}
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ValueError(f"{path}: top level must be a mapping")
     return data

@@ -9,7 +9,8 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from refsav_pipeline.config import ExportConfig, PipelineConfig
+from refsav_pipeline.cli_common import load_config
+from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.check import check_export
 from refsav_pipeline.review.paths import benchmark_path
@@ -32,14 +33,6 @@ class LongChoice(StrEnum):
     scene_video = "scene+video"
 
 
-def _config(path: Path | None) -> PipelineConfig:
-    try:
-        return PipelineConfig.load(path)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] config {path}: {exc}")
-        raise typer.Exit(2) from exc
-
-
 @export_app.command("sa2va")
 def sa2va(
     out: Annotated[Path, typer.Option(help="Run output folder (has plan.json and shards/).")],
@@ -53,7 +46,7 @@ def sa2va(
     """Write DEST/Ref-SAV.json (train) and DEST/ref_sav_eval/ (benchmark) for Sa2VA."""
     from refsav_pipeline.export.sa2va import export_benchmark, export_train
 
-    cfg: ExportConfig = _config(config).export
+    cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
     try:
@@ -103,7 +96,7 @@ def report(
     from refsav_pipeline.export.report import build_report
 
     try:
-        path = build_report(out, _config(config), gallery)
+        path = build_report(out, load_config(config), gallery)
     except FileNotFoundError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc

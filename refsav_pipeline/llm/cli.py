@@ -19,9 +19,9 @@ ROLES = ("captioner", "judge")
 
 
 def _load(config: Path | None):  # -> PipelineConfig (lazy: keeps `refsav --help` fast)
-    from refsav_pipeline.config import PipelineConfig
+    from refsav_pipeline.cli_common import load_config
 
-    return PipelineConfig.load(config)
+    return load_config(config)
 
 
 @serve_app.command("reference")

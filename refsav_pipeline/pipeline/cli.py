@@ -15,6 +15,7 @@ import httpx
 import typer
 from rich.console import Console
 
+from refsav_pipeline.cli_common import load_config
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.pipeline.driver import (
     RunRefused,
@@ -54,7 +55,7 @@ def run(
     progress: ProgressOpt = True,
 ) -> None:
     """Generate Ref-SAV rows for every selected masklet, shard by shard, on Ray."""
-    cfg = PipelineConfig.load(config)
+    cfg = load_config(config)
     if shard_size is not None:
         cfg.run.shard_size = shard_size
     try:
@@ -77,7 +78,7 @@ def resume(
     """Finish the shards of a run that have no valid completion marker."""
     try:
         cfg = load_run_config(out, config)
-    except (RunRefused, FileNotFoundError) as exc:
+    except (RunRefused, OSError, ValueError) as exc:
         raise _refuse(exc) from exc
     execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
             console=console)
