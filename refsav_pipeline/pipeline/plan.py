@@ -20,6 +20,10 @@ PLAN_FILE = "plan.json"
 CONFIG_FILE = "config.json"
 
 
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}"
+
+
 class Shard(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -28,7 +32,7 @@ class Shard(BaseModel):
 
     @property
     def name(self) -> str:
-        return f"shard-{self.shard_id:05d}"
+        return shard_name(self.shard_id)
 
 
 class Plan(BaseModel):

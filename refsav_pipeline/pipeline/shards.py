@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from refsav_pipeline import __version__
-from refsav_pipeline.pipeline.plan import Plan, Shard, write_atomic
+from refsav_pipeline.pipeline.plan import Plan, Shard, shard_name, write_atomic
 from refsav_pipeline.records import (
     ROW_SCHEMA,
     SHARDS_DIR,
@@ -37,7 +37,7 @@ class ShardState(StrEnum):
 
 def shard_path(out_dir: str | Path, shard: Shard | int) -> Path:
     shard_id = shard if isinstance(shard, int) else shard.shard_id
-    return Path(out_dir) / SHARDS_DIR / f"shard-{shard_id:05d}.parquet"
+    return Path(out_dir) / SHARDS_DIR / f"{shard_name(shard_id)}.parquet"
 
 
 def parquet_bytes(rows: list[RefSavRow]) -> bytes:
