@@ -79,6 +79,8 @@ class ExportConfig(_Section):
 
     long_expression: Literal["video", "scene", "object", "scene+video"] = "video"
     jpeg_quality: int = Field(95, ge=10, le=100, description="benchmark frame JPEGs")
+    frame_count_workers: int = Field(
+        0, ge=0, description="threads counting training videos' frames with cv2; 0: one per CPU")
 
 
 def load_yaml(path: str | Path) -> dict:

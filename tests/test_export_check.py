@@ -32,6 +32,10 @@ def dest(good: Path, tmp_path: Path) -> Path:
     return copy
 
 
+def problems_of(dest: Path, sav_root: Path | None = None) -> list[Problem]:
+    return check_export(dest, sav_root).problems
+
+
 def _edit(path: Path, change: Callable[[dict], None]) -> None:
     data = json.loads(path.read_text())
     change(data)
@@ -52,13 +56,13 @@ def _kinds(problems: list[Problem]) -> set[str]:
 
 
 def test_good_export_has_no_problems(good: Path, synth_root: Path) -> None:
-    assert check_export(good, synth_root) == []
+    assert problems_of(good, synth_root) == []
 
 
 def test_missing_frame(dest: Path) -> None:
     vid, v = _first(dest)
     (dest / BENCH / "videos" / vid / f"{v['frames'][3]}.jpg").unlink()
-    problems = check_export(dest)
+    problems = problems_of(dest)
     assert _kinds(problems) == {"missing_frame"}
     assert f"videos/{vid}/{v['frames'][3]}.jpg" in str(problems[0])
 
@@ -67,7 +71,7 @@ def test_frame_of_the_wrong_size(dest: Path) -> None:
     vid, v = _first(dest)
     path = dest / BENCH / "videos" / vid / f"{v['frames'][0]}.jpg"
     cv2.imwrite(str(path), cv2.resize(cv2.imread(str(path)), (v["width"] // 2, v["height"])))
-    assert _kinds(check_export(dest)) == {"frame_size"}
+    assert _kinds(problems_of(dest)) == {"frame_size"}
 
 
 def test_mask_of_the_wrong_size(dest: Path) -> None:
@@ -82,7 +86,7 @@ def test_mask_of_the_wrong_size(dest: Path) -> None:
         masks[anno][f] = {"size": list(rle["size"]), "counts": rle["counts"].decode()}
 
     _edit(dest / BENCH / "mask_dict.json", shrink)
-    problems = check_export(dest)
+    problems = problems_of(dest)
     assert _kinds(problems) == {"mask_size"}
     assert f"mask_dict.json[{anno}]" in problems[0].where
 
@@ -91,7 +95,7 @@ def test_dangling_and_orphan_anno_ids(dest: Path) -> None:
     vid, v = _first(dest)
     anno = str(next(iter(v["expressions"].values()))["anno_id"][0])
     _edit(dest / BENCH / "mask_dict.json", lambda m: m.pop(anno))
-    problems = check_export(dest)
+    problems = problems_of(dest)
     assert "dangling_anno_id" in _kinds(problems)
     assert all(p.kind == "dangling_anno_id" for p in problems)
     assert any(f"anno_id {anno}" in p.message for p in problems)
@@ -99,7 +103,7 @@ def test_dangling_and_orphan_anno_ids(dest: Path) -> None:
 
 def test_orphan_mask_entry(dest: Path) -> None:
     _edit(dest / BENCH / "mask_dict.json", lambda m: m.update({"999": m[next(iter(m))]}))
-    assert _kinds(check_export(dest)) == {"orphan_mask"}
+    assert _kinds(problems_of(dest)) == {"orphan_mask"}
 
 
 def test_bad_type_id_and_exp_id(dest: Path) -> None:
@@ -110,7 +114,7 @@ def test_bad_type_id_and_exp_id(dest: Path) -> None:
         exps["x_1"] = dict(exps["0"], type_id=2)
 
     _edit(dest / BENCH / "meta_expressions_valid.json", corrupt)
-    assert _kinds(check_export(dest)) == {"type_id", "meta_schema"}
+    assert _kinds(problems_of(dest)) == {"type_id", "meta_schema"}
 
 
 def test_undecodable_rle(dest: Path) -> None:
@@ -120,7 +124,7 @@ def test_undecodable_rle(dest: Path) -> None:
         entry[f]["counts"] = "!!!"
 
     _edit(dest / BENCH / "mask_dict.json", corrupt)
-    assert _kinds(check_export(dest)) == {"bad_rle"}
+    assert _kinds(problems_of(dest)) == {"bad_rle"}
 
 
 def test_unpadded_frame_names_are_caught(dest: Path) -> None:
@@ -130,7 +134,7 @@ def test_unpadded_frame_names_are_caught(dest: Path) -> None:
         (folder / f"{name}.jpg").rename(folder / f"{int(name)}.jpg")
     _edit(dest / BENCH / "meta_expressions_valid.json",
           lambda m: m["videos"][vid].update(frames=[str(int(f)) for f in v["frames"]]))
-    problems = check_export(dest)
+    problems = problems_of(dest)
     assert _kinds(problems) == {"meta_frames"}
     assert "sorted" in problems[0].message
 
@@ -142,13 +146,20 @@ def test_train_paths_and_leaks(dest: Path, synth_root: Path) -> None:
         key = next(iter(data))
         data[key]["video_path"] = "sav_train/sav_000/missing.mp4"
         data["leak"] = dict(data[key], video_path=f"sav_train/sav_000/{vid}.mp4")
+        # valid as a path, but not where this SA-V root has the file
         data["flat"] = dict(data[key], video_path=f"{vid}.mp4")
-        data[key]["objects"]["99"] = {"formated": "too far"}
+        data["outside"] = dict(data[key], video_path=f"../{vid}.mp4")
+        data[key]["objects"]["99"] = {"formated": "too far", "short_caps": ["x"]}
 
     _edit(dest / "Ref-SAV.json", corrupt)
-    assert _kinds(check_export(dest)) == {"leak", "train_path"}
-    kinds = _kinds(check_export(dest, synth_root))
-    assert {"train_missing_file", "train_index", "leak", "train_path"} <= kinds
+    assert _kinds(problems_of(dest)) == {"leak", "train_path"}
+    problems = problems_of(dest, synth_root)
+    # "leak" pairs another video with the first entry's annotation: frames disagree too
+    assert _kinds(problems) == {"train_missing_file", "train_index", "leak", "train_path",
+                                "train_frames"}
+    assert [p.where for p in problems if p.kind == "train_path"] == ["Ref-SAV.json['outside']"]
+    assert any(p.where == "Ref-SAV.json['flat']" for p in problems
+               if p.kind == "train_missing_file")
 
 
 def test_cli_lists_problems_and_exits_1(dest: Path) -> None:

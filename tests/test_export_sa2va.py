@@ -45,7 +45,8 @@ def _bench(ex: dict) -> tuple[dict, dict]:
 
 
 def test_export_passes_the_checker(ex: dict, synth_root: Path) -> None:
-    assert check_export(ex["dest"], synth_root) == []
+    report = check_export(ex["dest"], synth_root)
+    assert report.problems == [] and report.warnings == [] and report.passed(strict=True)
     assert ex["bench"].videos == len(ex["bench_videos"])
     assert ex["bench"].long_expressions == len(ex["records"])
     assert ex["bench"].warnings == []
@@ -134,20 +135,30 @@ def test_train_json_excludes_benchmark_and_keys_by_inner_index(ex: dict,
     for r in ex["rows"]:
         if r.status != "ok" or r.video_id in ex["bench_videos"] | reviewed:
             continue
-        e = expected.setdefault(f"{r.video_id}_{r.masklet_type}", {
+        # the published file keys manual entries by the bare video id
+        key = r.video_id if r.masklet_type == "manual" else f"{r.video_id}_{r.masklet_type}"
+        e = expected.setdefault(key, {
             "video_path": r.video_path, "anno_path": r.anno_path, "objects": {}})
-        e["objects"][str(r.masklet_index)] = {"formated": r.video_caption}
+        # object caption "A red circle object." -> its first clause, as the short expression
+        e["objects"][str(r.masklet_index)] = {"formated": r.video_caption,
+                                              "short_caps": [r.object_caption.rstrip(".")]}
     assert data == expected
     assert list(data) == sorted(data)
-    assert not {k.rsplit("_", 1)[0] for k in data} & ex["bench_videos"]
+    assert any(k.endswith("_auto") for k in data) and any("_auto" not in k for k in data)
+    assert not {e["video_path"].rsplit("/", 1)[1][:-4] for e in data.values()} \
+        & ex["bench_videos"]
     assert any(r.status != "ok" for r in ex["rows"])
     rows = {(r.video_id, r.masklet_type, r.video_caption): r for r in ex["rows"]}
     for key, entry in data.items():
-        vid, kind = key.rsplit("_", 1)
-        # Sa2VA drops the first folder of each path and joins the rest to its SA-V folder
-        sam2_folder = synth_root / "sav_train"
+        vid = Path(entry["video_path"]).stem
+        kind = "auto" if key.endswith("_auto") else "manual"
+        assert entry["anno_path"].endswith(f"{vid}_{kind}.json")
+        # Both of Sa2VA's loaders join the paths to their SA-V folder as they are (the current
+        # one would only remove a chunk folder repeated around sav_train/, which is absent).
         for name in ("video_path", "anno_path"):
-            assert (sam2_folder / Path(*Path(entry[name]).parts[1:])).is_file()
+            parts = entry[name].split("/")
+            assert parts[0] == "sav_train" and parts.count("sav_train") == 1
+            assert (synth_root / entry[name]).is_file()
         src = json.loads((synth_root / entry["anno_path"]).read_text())
         for index, obj in entry["objects"].items():
             row = rows[(vid, kind, obj["formated"])]
@@ -183,6 +194,8 @@ def test_long_expression_is_a_config_choice(ex: dict, tmp_path: Path) -> None:
     texts = {o["formated"] for e in data.values() for o in e["objects"].values()}
     ok = [r for r in ex["rows"] if r.status == "ok" and r.video_id not in ex["bench_videos"]]
     assert texts == {f"{r.scene_caption} {r.video_caption}" for r in ok}
+    shorts = {s for e in data.values() for o in e["objects"].values() for s in o["short_caps"]}
+    assert shorts == {r.object_caption.rstrip(".") for r in ok}
     export_benchmark(ex["out"], tmp_path, ExportConfig(long_expression="object"))
     meta = json.loads((tmp_path / "ref_sav_eval/meta_expressions_valid.json").read_text())
     longs = {e["exp"] for v in meta["videos"].values() for e in v["expressions"].values()
@@ -241,7 +254,7 @@ def test_long_rejected_objects_keep_only_their_short_expressions(ex: dict, synth
     assert [v.key for v in validated if not v.long_accepted] == [key]
     b = export_benchmark(out, tmp_path / "dest")
     assert b.long_expressions == len(ex["records"]) - 1 and b.warnings == []
-    assert check_export(tmp_path / "dest") == []
+    assert check_export(tmp_path / "dest").problems == []
     meta = json.loads((tmp_path / "dest/ref_sav_eval/meta_expressions_valid.json").read_text())
     exps = [e for e in meta["videos"][rejected["video_id"]]["expressions"].values()]
     assert rejected["video_caption"] not in {e["exp"] for e in exps}

@@ -1,8 +1,14 @@
 """Export a run to the files Sa2VA's own code reads (see docs: ref-sav.md).
 
-Train: ``Ref-SAV.json``, one entry per (video, annotation file), objects keyed by the masklet's
-index in the annotation's inner list (Sa2VA indexes the decoded mask stack with it), paths
-relative to the SA-V root with the leading ``sav_train/`` kept (Sa2VA strips the first folder).
+Train: ``Ref-SAV.json``, one entry per (video, annotation file): the manual file's entry keyed
+by the video id, as in the published file, an auto file's by ``{vid}_auto``. Objects are keyed
+by the masklet's index in the annotation's inner list (Sa2VA indexes the decoded mask stack
+with it) and carry ``formated`` (the long expression) and ``short_caps``. Paths are relative to
+the SA-V root (``sav_train/sav_000/x.mp4``): both of Sa2VA's loaders join them to their SA-V
+folder as they are (the current one only removes a duplicated chunk folder,
+``sav_000/sav_train/sav_000/`` → ``sav_train/sav_000/``, which our paths never have). An entry
+whose video ``cv2`` decodes to a frame count that does not match its masklet is left out
+(``frame_counts``), and chunks can be held out as a whole (``sav.chunks``).
 
 Benchmark: ``ref_sav_eval/`` as read by Sa2VA's referring-VOS evaluation (dataset ``REF_SAV``):
 every annotated frame of a benchmark video as ``videos/{vid}/{frame:05d}.jpg`` (24 fps frame
@@ -27,21 +33,35 @@ from pycocotools import mask as mask_utils
 
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
+from refsav_pipeline.export.frame_counts import EntryFiles, verify_frame_counts
+from refsav_pipeline.export.layout import (
+    BENCH_DIR,
+    TRAIN_FILE,
+    Layout,
+    LayoutName,
+    layout_for,
+    link_sav_root,
+)
+from refsav_pipeline.export.short_caps import short_caps
 from refsav_pipeline.pipeline.plan import load_plan, write_atomic
 from refsav_pipeline.progress import progress
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.review import ValidatedSample, benchmark_video_ids, load_validated
 from refsav_pipeline.review.paths import validated_path
+from refsav_pipeline.review.select import benchmark_chunks
+from refsav_pipeline.sav.chunks import chunk_of
 from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.masklets import load_annotation
 from refsav_pipeline.sav.schema import ANNOTATION_STRIDE, SavAnnotation
 
-TRAIN_FILE = "Ref-SAV.json"
-BENCH_DIR = "ref_sav_eval"
+__all__ = ["BENCH_DIR", "TRAIN_FILE"]  # file names live in ``layout``; re-exported here
+
 VIDEOS_DIR = "videos"
 META_FILE = "meta_expressions_valid.json"
 MASK_FILE = "mask_dict.json"
 MANIFEST_FILE = "export_manifest.json"
+FRAME_COUNT_CACHE = Path("export") / "cv2_frame_counts.json"
+"""Under the run folder: cv2 frame counts of the SA-V files, so a re-export decodes nothing."""
 LONG_TYPE, SHORT_TYPE = 0, 1
 DECODE_CHUNK = 24
 """Annotated frames decoded at once: bounds memory on long, high-resolution videos."""
@@ -77,7 +97,11 @@ class TrainExport:
     objects: int = 0
     ok_rows: int = 0
     excluded_benchmark: int = 0
+    excluded_chunks: list[str] = field(default_factory=list)
+    excluded_chunk_rows: int = 0
     missing_text: int = 0
+    also_written: list[Path] = field(default_factory=list)
+    frame_mismatch: dict[str, str] = field(default_factory=dict)  # entry key -> why left out
 
 
 @dataclass
@@ -100,27 +124,48 @@ def _validated_or_empty(out_dir: Path) -> list[ValidatedSample]:
     return _validated(out_dir) if validated_path(out_dir).is_file() else []
 
 
-def export_train(out_dir: str | Path, dest: str | Path,
-                 cfg: ExportConfig | None = None) -> TrainExport:
-    """``DEST/Ref-SAV.json`` from the ``ok`` rows of videos outside the benchmark."""
+def entry_key(video_id: str, masklet_type: str) -> str:
+    """The published file keys its (manual-only) entries by video id; auto entries get a
+    suffix so that both files of a video can be trained on."""
+    return video_id if masklet_type == "manual" else f"{video_id}_{masklet_type}"
+
+
+def export_train(out_dir: str | Path, dest: str | Path | Layout,
+                 cfg: ExportConfig | None = None,
+                 exclude_chunks: list[str] | None = None) -> TrainExport:
+    """``Ref-SAV.json`` from the ``ok`` rows of videos outside the benchmark.
+
+    Left out: benchmark (and reviewed) videos; videos of ``exclude_chunks`` and of the chunks
+    the benchmark was selected from; entries whose frames do not match their masklet.
+    ``dest`` is a folder (flat layout) or a ``Layout`` (the file under each of its names).
+    """
     cfg = cfg or ExportConfig()
-    out_dir, dest = Path(out_dir), Path(dest)
+    out_dir = Path(out_dir)
+    layout = dest if isinstance(dest, Layout) else layout_for(LayoutName.flat, dest)
+    sav_root = Path(load_plan(out_dir).sav_root)
+    if layout.sav_link is not None:  # first: a refused link leaves nothing half-written
+        link_sav_root(layout.sav_link, sav_root)
     # Reviewed videos are benchmark videos even if the selection file were to lose them.
     excluded = benchmark_video_ids(out_dir) | {s.video_id for s in _validated_or_empty(out_dir)}
+    chunks = sorted(set(exclude_chunks or []) | set(benchmark_chunks(out_dir)))
     rows = [r for r in read_rows(out_dir).to_pylist() if r["status"] == "ok"]
     rows.sort(key=lambda r: (r["video_id"], r["masklet_type"], r["masklet_index"]))
-    result = TrainExport(path=dest / TRAIN_FILE, ok_rows=len(rows))
+    result = TrainExport(path=layout.train_file, ok_rows=len(rows), excluded_chunks=chunks,
+                         also_written=list(layout.train_files[1:]))
     entries: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r["video_id"] in excluded:
             result.excluded_benchmark += 1
+            continue
+        if chunk_of(r["video_path"]) in chunks:
+            result.excluded_chunk_rows += 1
             continue
         text = compose_long(cfg.long_expression, r["object_caption"], r["scene_caption"],
                             r["video_caption"])
         if text is None:
             result.missing_text += 1
             continue
-        key = f"{r['video_id']}_{r['masklet_type']}"
+        key = entry_key(r["video_id"], r["masklet_type"])
         entry = entries.setdefault(key, {"video_path": r["video_path"],
                                          "anno_path": r["anno_path"], "objects": {}})
         if (entry["video_path"], entry["anno_path"]) != (r["video_path"], r["anno_path"]):
@@ -128,13 +173,22 @@ def export_train(out_dir: str | Path, dest: str | Path,
         index = str(r["masklet_index"])
         if index in entry["objects"]:
             raise ValueError(f"{key}: two rows for masklet index {index}")
-        # No ``short_caps``: the pipeline writes no short expressions, and the people's short
-        # expressions belong to reviewed (benchmark) videos, which never enter train.
-        entry["objects"][index] = {"formated": text}
-        result.objects += 1
+        entry["objects"][index] = {"formated": text,
+                                   "short_caps": short_caps(r["object_caption"], text)}
+    failed = verify_frame_counts(
+        (EntryFiles(key, sav_root / e["video_path"], sav_root / e["anno_path"])
+         for key, e in entries.items()),
+        cache_path=out_dir / FRAME_COUNT_CACHE, workers=cfg.frame_count_workers)
+    for key in failed:  # manual entries are keyed by video id, auto ones by {vid}_auto
+        result.frame_mismatch[key] = failed[key]
+        del entries[key]
+    entries = {k: entries[k] for k in sorted(entries)}
     result.entries = len(entries)
-    dest.mkdir(parents=True, exist_ok=True)
-    write_atomic(result.path, _dump(entries))
+    result.objects = sum(len(e["objects"]) for e in entries.values())
+    data = _dump(entries)
+    for path in layout.train_files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
     return result
 
 
@@ -278,8 +332,12 @@ def export_benchmark(out_dir: str | Path, dest: str | Path, cfg: ExportConfig | 
 
 
 def export_sa2va(out_dir: str | Path, dest: str | Path, part: Part = "all",
-                 cfg: ExportConfig | None = None) -> tuple[TrainExport | None,
-                                                           BenchmarkExport | None]:
-    train = export_train(out_dir, dest, cfg) if part in ("train", "all") else None
-    bench = export_benchmark(out_dir, dest, cfg) if part in ("benchmark", "all") else None
+                 cfg: ExportConfig | None = None, layout: LayoutName | str = LayoutName.flat,
+                 exclude_chunks: list[str] | None = None,
+                 ) -> tuple[TrainExport | None, BenchmarkExport | None]:
+    where = layout_for(layout, dest)
+    train = export_train(out_dir, where, cfg, exclude_chunks) \
+        if part in ("train", "all") else None
+    bench = export_benchmark(out_dir, where.bench_parent, cfg) \
+        if part in ("benchmark", "all") else None
     return train, bench

@@ -33,14 +33,19 @@ def select_cmd(
         min=0.0, max=1.0, help="Fraction of samples reviewed by two people.")] = 0.1,
     force: Annotated[bool, typer.Option(
         help="Replace a selection that already has decisions.")] = False,
+    chunks: Annotated[str | None, typer.Option(
+        help="Only videos of these SA-V chunks, e.g. sav_055-sav_056 (train export then "
+             "leaves these chunks out).")] = None,
 ) -> None:
     """Pick whole videos of `ok` rows, stratified by masklet type and size bucket."""
     from refsav_pipeline.review.paths import benchmark_path
     from refsav_pipeline.review.select import SelectionExists, select_and_write
+    from refsav_pipeline.sav.chunks import parse_chunks
 
     try:
-        samples = select_and_write(out, count, seed, double_review, force)
-    except SelectionExists as exc:
+        chunk_list = None if chunks is None else parse_chunks(chunks)
+        samples = select_and_write(out, count, seed, double_review, force, chunk_list)
+    except (SelectionExists, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     videos = len({s.video_id for s in samples})

@@ -28,6 +28,7 @@ from refsav_pipeline.records import (
     read_rows,
 )
 from refsav_pipeline.review.paths import benchmark_path
+from refsav_pipeline.sav.chunks import chunk_of
 
 _CAPTION_FIELDS = ("object_caption", "scene_caption", "video_caption")
 
@@ -70,6 +71,10 @@ BENCHMARK_SCHEMA = pa.schema([
 ])
 
 
+CHUNKS_META = "chunks"
+"""Selection metadata: the SA-V chunks the benchmark was restricted to (comma-separated)."""
+
+
 class SelectionExists(RuntimeError):
     """A selection with review decisions exists; replacing it needs ``force``."""
 
@@ -91,12 +96,14 @@ def _eligible(row: dict) -> bool:
 
 
 def select_benchmark(rows: pa.Table | list[dict], count: int, seed: int = 0,
-                     double_review: float = 0.1) -> list[BenchmarkSample]:
+                     double_review: float = 0.1,
+                     chunks: list[str] | None = None) -> list[BenchmarkSample]:
     """Whole videos, greedily filling the stratum furthest below its population share.
 
     Each step takes the stratum whose share in the selection lags its share among eligible
     objects the most, and adds the next video (in seeded random order) holding an object of it;
     a video whose objects would exceed ``count`` is passed over. Same rows + seed ⇒ same list.
+    With ``chunks``, only videos of those SA-V chunks are candidates (``sav.chunks``).
     """
     if count < 1:
         raise ValueError("count must be at least 1")
@@ -105,8 +112,10 @@ def select_benchmark(rows: pa.Table | list[dict], count: int, seed: int = 0,
     dicts = rows.to_pylist() if isinstance(rows, pa.Table) else list(rows)
     by_video: dict[str, list[dict]] = defaultdict(list)
     for row in dicts:
-        if _eligible(row):
+        if _eligible(row) and (chunks is None or chunk_of(row["video_path"]) in chunks):
             by_video[row["video_id"]].append(row)
+    if not by_video and chunks is not None:
+        raise ValueError(f"no eligible ok rows in chunks {', '.join(chunks)}")
     if not by_video:
         return []
     for objs in by_video.values():
@@ -169,7 +178,7 @@ def samples_to_table(samples: list[BenchmarkSample], meta: dict[str, str] | None
 
 
 def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed: int,
-                    count: int, force: bool = False) -> Path:
+                    count: int, force: bool = False, chunks: list[str] | None = None) -> Path:
     """Write ``benchmark.parquet`` atomically; refuse to replace one that has decisions."""
     from refsav_pipeline.review.store import count_decisions
 
@@ -184,6 +193,8 @@ def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"seed": str(seed), "count": str(count),
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
+    if chunks is not None:
+        meta[CHUNKS_META] = ",".join(chunks)
     buf = io.BytesIO()
     pq.write_table(samples_to_table(samples, meta), buf)
     write_atomic(path, buf.getvalue())
@@ -191,9 +202,10 @@ def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed
 
 
 def select_and_write(out_dir: str | Path, count: int = 2000, seed: int = 0,
-                     double_review: float = 0.1, force: bool = False) -> list[BenchmarkSample]:
-    samples = select_benchmark(read_rows(out_dir), count, seed, double_review)
-    write_selection(out_dir, samples, seed=seed, count=count, force=force)
+                     double_review: float = 0.1, force: bool = False,
+                     chunks: list[str] | None = None) -> list[BenchmarkSample]:
+    samples = select_benchmark(read_rows(out_dir), count, seed, double_review, chunks)
+    write_selection(out_dir, samples, seed=seed, count=count, force=force, chunks=chunks)
     return samples
 
 
@@ -215,3 +227,14 @@ def benchmark_video_ids(out_dir: str | Path) -> set[str]:
     if not path.is_file():
         return set()
     return set(pq.read_table(path, columns=["video_id"]).column("video_id").to_pylist())
+
+
+def benchmark_chunks(out_dir: str | Path) -> list[str]:
+    """The SA-V chunks the selection was restricted to (``--chunks``); empty if it was not:
+    the training export leaves these whole chunks out, as the published split does."""
+    path = benchmark_path(out_dir)
+    if not path.is_file():
+        return []
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(f"refsav.{CHUNKS_META}".encode(), b"").decode()
+    return [c for c in value.split(",") if c]
