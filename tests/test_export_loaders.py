@@ -47,7 +47,7 @@ from typer.testing import CliRunner
 from refsav_pipeline.cli import app
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.export.check import check_export, loader_paths
-from refsav_pipeline.export.frame_counts import cv2_frame_count
+from refsav_pipeline.export.frame_counts import CountCache, cv2_frame_count
 from refsav_pipeline.export.sa2va import export_sa2va, export_train
 from refsav_pipeline.export.short_caps import derive_short, short_caps
 from refsav_pipeline.review.select import benchmark_chunks, load_benchmark
@@ -186,9 +186,10 @@ def test_sa2va_tree_passes_strict_check(ex: dict) -> None:
 
 
 def test_cli_writes_the_sa2va_tree(ex: dict, synth_root: Path, tmp_path: Path) -> None:
-    res = runner.invoke(app, ["export", "sa2va", "--out", str(ex["out"]), "--to",
-                              str(tmp_path), "--layout", "sa2va"])
-    assert res.exit_code == 0, res.output
+    for _ in range(2):  # the second time, the link and the exporter's own folder are reused
+        res = runner.invoke(app, ["export", "sa2va", "--out", str(ex["out"]), "--to",
+                                  str(tmp_path), "--layout", "sa2va"])
+        assert res.exit_code == 0, res.output
     assert (tmp_path / "data/video_datas/sam_v_full").resolve() == synth_root.resolve()
     assert "data/video_datas/sam_v_final_v3.json" in res.output
     # an existing sam_v_full that is something else is never replaced
@@ -290,6 +291,19 @@ def test_cv2_count_is_what_read_delivers(synth_root: Path) -> None:
     for mp4 in sorted(synth_root.rglob("*.mp4")):
         assert cv2_frame_count(mp4) == len(_read_all_frames(mp4))
     assert cv2_frame_count(synth_root / "missing.mp4") == 0
+
+
+def test_counts_are_cached_until_the_file_changes(synth_root: Path, tmp_path: Path) -> None:
+    (mp4,) = shutil.copytree(synth_root / "sav_train", tmp_path / "sav").rglob("sav_000001.mp4")
+    cache_file = tmp_path / "counts.json"
+    first = CountCache(cache_file)
+    n = first.get(mp4, cv2_frame_count)
+    first.save()
+    calls = []
+    assert CountCache(cache_file).get(mp4, lambda p: calls.append(p) or -1) == n and not calls
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _read_all_frames(mp4)]
+    write_mp4(mp4, frames[:-1])
+    assert CountCache(cache_file).get(mp4, cv2_frame_count) == n - 1
 
 
 def _with_short_video(synth_root: Path, root: Path, video_id: str) -> Path:

@@ -23,13 +23,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from refsav_pipeline.export.frame_counts import EntryFiles, verify_frame_counts
-from refsav_pipeline.export.layout import BENCH_DIR, LayoutName, detect_layout
+from refsav_pipeline.export.layout import BENCH_DIR, TRAIN_FILE, LayoutName, detect_layout
 from refsav_pipeline.export.sa2va import (
     LONG_TYPE,
     MASK_FILE,
     META_FILE,
     SHORT_TYPE,
-    TRAIN_FILE,
     VIDEOS_DIR,
 )
 

@@ -36,7 +36,6 @@ from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.frame_counts import EntryFiles, verify_frame_counts
 from refsav_pipeline.export.layout import (
     BENCH_DIR,
-    TRAIN_FILE,
     Layout,
     LayoutName,
     layout_for,
@@ -53,8 +52,6 @@ from refsav_pipeline.sav.chunks import chunk_of
 from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.masklets import load_annotation
 from refsav_pipeline.sav.schema import ANNOTATION_STRIDE, SavAnnotation
-
-__all__ = ["BENCH_DIR", "TRAIN_FILE"]  # file names live in ``layout``; re-exported here
 
 VIDEOS_DIR = "videos"
 META_FILE = "meta_expressions_valid.json"

@@ -2,6 +2,8 @@
 
 Whole videos keep the benchmark disjoint from training at the video level (Ref-SAV's benchmark
 videos are disjoint from train): ``benchmark_video_ids`` is what the training export excludes.
+A selection restricted to SA-V chunks (``chunks``) records them: the training export then
+leaves those chunks out whole, as the published split does.
 The selection never exceeds ``count``: a video is taken only if all its ``ok`` objects fit, so
 the total is at most ``count`` and, with many small videos, reaches it or falls just short.
 """
