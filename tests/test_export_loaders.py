@@ -202,6 +202,26 @@ def test_cli_writes_the_sa2va_tree(ex: dict, synth_root: Path, tmp_path: Path) -
     assert not (other / "data/video_datas/Ref-SAV.json").exists()
 
 
+@pytest.mark.parametrize("layout", ["sa2va", "flat"])
+def test_a_training_file_we_did_not_write_is_never_replaced(ex: dict, tmp_path: Path,
+                                                            layout: str) -> None:
+    where = tmp_path / ("data/video_datas" if layout == "sa2va" else "")
+    where.mkdir(parents=True, exist_ok=True)
+    published = where / "Ref-SAV.json"
+    published.write_text('{"sav_000001": {"objects": {}}}')
+    res = runner.invoke(app, ["export", "sa2va", "--out", str(ex["out"]), "--to",
+                              str(tmp_path), "--layout", layout, "--part", "train"])
+    assert res.exit_code != 0
+    assert "was not written by refsav export" in " ".join(res.output.split())
+    assert published.read_text() == '{"sav_000001": {"objects": {}}}'
+    assert not (where / "sam_v_full").exists() and not (where / "sam_v_final_v3.json").exists()
+    published.unlink()
+    for _ in range(2):  # our own file is replaced
+        res = runner.invoke(app, ["export", "sa2va", "--out", str(ex["out"]), "--to",
+                                  str(tmp_path), "--layout", layout, "--part", "train"])
+        assert res.exit_code == 0, res.output
+
+
 def test_missing_sa2va_pieces_are_problems(ex: dict, tmp_path: Path) -> None:
     root = tmp_path / "Sa2VA"
     shutil.copytree(ex["sa2va_root"], root, symlinks=True)

@@ -12,10 +12,15 @@ used without editing a config:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+
+from refsav_pipeline.pipeline.plan import write_atomic
+from refsav_pipeline.records import file_sha256
 
 TRAIN_FILE = "Ref-SAV.json"
 OLD_TRAIN_FILE = "sam_v_final_v3.json"
@@ -23,6 +28,8 @@ BENCH_DIR = "ref_sav_eval"
 SA2VA_DATA = Path("data")
 VIDEO_DATAS = SA2VA_DATA / "video_datas"
 SAV_LINK = VIDEO_DATAS / "sam_v_full"
+TRAIN_MANIFEST = "refsav_train_manifest.json"
+"""Next to the training JSON: the hash of each name written, so only our own file is replaced."""
 
 
 class LayoutName(StrEnum):
@@ -62,6 +69,36 @@ def detect_layout(dest: str | Path) -> Layout:
     if sa2va.train_file.is_file() or sa2va.bench_dir.is_dir():
         return sa2va
     return layout_for(LayoutName.flat, dest)
+
+
+def _written_by_us(layout: Layout) -> dict[str, str]:
+    path = layout.train_file.parent / TRAIN_MANIFEST
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+
+
+def guard_train_files(layout: Layout) -> None:
+    """Refuse to replace a training JSON this exporter did not write, such as the published
+    Ref-SAV.json downloaded into Sa2VA's data/ tree."""
+    written = _written_by_us(layout)
+    for path in layout.train_files:
+        if path.exists() and written.get(path.name) != file_sha256(path):
+            raise FileExistsError(f"{path} exists and was not written by refsav export: "
+                                  "refusing to overwrite it (move it away first)")
+
+
+def write_train_files(layout: Layout, data: bytes) -> None:
+    """The training JSON under each of the layout's names, then the manifest of what we wrote."""
+    guard_train_files(layout)
+    digest = hashlib.sha256(data).hexdigest()
+    for path in layout.train_files:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, data)
+    manifest = {path.name: digest for path in layout.train_files}
+    write_atomic(layout.train_file.parent / TRAIN_MANIFEST,
+                 json.dumps(manifest, indent=1, sort_keys=True).encode())
 
 
 def link_sav_root(link: Path, sav_root: Path) -> None:

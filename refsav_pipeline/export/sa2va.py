@@ -38,8 +38,10 @@ from refsav_pipeline.export.layout import (
     BENCH_DIR,
     Layout,
     LayoutName,
+    guard_train_files,
     layout_for,
     link_sav_root,
+    write_train_files,
 )
 from refsav_pipeline.export.short_caps import short_caps
 from refsav_pipeline.pipeline.plan import load_plan, write_atomic
@@ -140,7 +142,8 @@ def export_train(out_dir: str | Path, dest: str | Path | Layout,
     out_dir = Path(out_dir)
     layout = dest if isinstance(dest, Layout) else layout_for(LayoutName.flat, dest)
     sav_root = Path(load_plan(out_dir).sav_root)
-    if layout.sav_link is not None:  # first: a refused link leaves nothing half-written
+    guard_train_files(layout)  # first: a refusal leaves nothing half-written
+    if layout.sav_link is not None:
         link_sav_root(layout.sav_link, sav_root)
     # Reviewed videos are benchmark videos even if the selection file were to lose them.
     excluded = benchmark_video_ids(out_dir) | {s.video_id for s in _validated_or_empty(out_dir)}
@@ -182,10 +185,7 @@ def export_train(out_dir: str | Path, dest: str | Path | Layout,
     entries = {k: entries[k] for k in sorted(entries)}
     result.entries = len(entries)
     result.objects = sum(len(e["objects"]) for e in entries.values())
-    data = _dump(entries)
-    for path in layout.train_files:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, data)
+    write_train_files(layout, _dump(entries))
     return result
 
 
