@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from refsav_pipeline.cli_common import load_config
+from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.check import check_export
@@ -46,6 +46,9 @@ def sa2va(
     """Write DEST/Ref-SAV.json (train) and DEST/ref_sav_eval/ (benchmark) for Sa2VA."""
     from refsav_pipeline.export.sa2va import export_benchmark, export_train
 
+    out = run_folder(out)
+    if to.exists() and not to.is_dir():
+        raise fail(f"--to {to} is a file: pass a folder for the export")
     cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
@@ -66,8 +69,7 @@ def sa2va(
             for w in b.warnings:
                 console.print(f"[yellow]warning:[/yellow] {w}")
     except (FileNotFoundError, FileExistsError, ValueError, RecordError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
 
 
 @export_app.command("check")
@@ -77,6 +79,8 @@ def check(
         help="SA-V root: also check that the train JSON's paths exist.")] = None,
 ) -> None:
     """Validate an export against Sa2VA's formats; exit 1 with the list of problems."""
+    if not dest.is_dir():
+        raise fail(f"{dest} is not a folder: pass the --to of a `refsav export sa2va`")
     problems = check_export(dest, sav_root)
     if problems:
         for p in problems:
@@ -95,9 +99,6 @@ def report(
     """Write a static HTML report of a run to <out>/report/index.html."""
     from refsav_pipeline.export.report import build_report
 
-    try:
-        path = build_report(out, load_config(config), gallery)
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    cfg = load_config(config)
+    path = build_report(run_folder(out), cfg, gallery)
     console.print(f"report: {path.resolve().as_uri()}")
