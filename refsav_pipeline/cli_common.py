@@ -12,7 +12,9 @@ so this holds for all of them without each command catching exceptions itself.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 from typer.core import TyperGroup
@@ -43,6 +45,26 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 class ReportingGroup(TyperGroup):
     """The root ``refsav`` group: turns what sub-commands raise into one line and an exit code."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """Click's main, with its usage errors (unknown option, missing value) as one
+        ``error:`` line too, instead of a usage block."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except Exception as exc:
+            if not (_is_cli_signal(exc) and hasattr(exc, "format_message")):
+                raise
+            if type(exc).__name__ == "NoArgsIsHelpError":
+                exc.show()  # the help text itself
+            else:
+                cmd = getattr(getattr(exc, "ctx", None), "command_path", "refsav")
+                error_line(f"{exc.format_message()} (see `{cmd} --help`)")
+            sys.exit(getattr(exc, "exit_code", 2))
+        except (typer.Abort, typer.Exit) as exc:  # pragma: no cover (click's own variants)
+            sys.exit(getattr(exc, "exit_code", 1))
+        sys.exit(rv if isinstance(rv, int) else 0)
 
     def invoke(self, ctx: typer.Context):  # noqa: ANN201 (click's signature)
         try:

@@ -177,3 +177,13 @@ def test_existing_run_says_which_flags_it_ignores(synth_root: Path, tmp_path: Pa
     assert res.exit_code == 2 and "refsav serve reference" in _error_lines(res.output)[0]
     assert (out / PLAN_FILE).read_bytes() == plan
     assert json.loads(plan)["shards"][0]["videos"][1]  # still the plan's 2 videos per shard
+
+
+def test_click_usage_errors_are_one_line_too(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["status", "--out", str(tmp_path), "--bogus"])
+    assert res.exit_code == 2
+    (line,) = _error_lines(res.output)
+    assert "--bogus" in line and "status --help" in line and "Usage:" not in res.output
+    res = CliRunner().invoke(app, ["run"])
+    assert res.exit_code == 2 and "--sav-root" in _error_lines(res.output)[0]
+    assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
