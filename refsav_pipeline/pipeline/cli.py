@@ -108,7 +108,8 @@ def resume(
         load_config(config)  # a broken file is named as such, before the fingerprint check
     cfg = load_run_config(out, config)
     if not _nothing_to_do(out, retry_failed):
-        check_sav_root(Path(load_plan(out).sav_root))
+        check_sav_root(Path(load_plan(out).sav_root),
+                       fix=f"{out} was planned from it: make it readable there again")
         check_models(cfg)
         execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
                 console=console)

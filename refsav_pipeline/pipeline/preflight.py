@@ -18,19 +18,20 @@ SAV_ROOT_FIX = ("pass the folder that holds sav_train/ (or the <video>_manual.js
                 "--sav-root")
 
 
-def check_sav_root(root: Path) -> list[SavVideoRef]:
-    """The videos under ``root``; an ``InputError`` if it is missing, a file, or has none."""
+def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
+    """The videos under ``root``; an ``InputError`` (ending with ``fix``) if it is missing, a
+    file, or has none."""
     if not root.exists():
-        raise InputError(f"SA-V root {root} does not exist: {SAV_ROOT_FIX}")
+        raise InputError(f"SA-V root {root} does not exist: {fix}")
     if not root.is_dir():
-        raise InputError(f"SA-V root {root} is a file, not a folder: {SAV_ROOT_FIX}")
+        raise InputError(f"SA-V root {root} is a file, not a folder: {fix}")
     try:
         videos = index_sav_root(root)
     except (OSError, ValueError) as exc:
         raise InputError(f"SA-V root {root}: {exc}") from exc
     if not videos:
         raise InputError(f"SA-V root {root} holds no video (no *_manual.json under it): "
-                         f"{SAV_ROOT_FIX}")
+                         f"{fix}")
     return videos
 
 
