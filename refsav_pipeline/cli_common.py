@@ -54,15 +54,15 @@ class ReportingGroup(TyperGroup):
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
         except Exception as exc:
-            if not (_is_cli_signal(exc) and hasattr(exc, "format_message")):
+            if not _is_cli_signal(exc):
                 raise
             if type(exc).__name__ == "NoArgsIsHelpError":
-                exc.show()  # the help text itself
-            else:
+                exc.show()  # type: ignore[attr-defined]  # the help text itself
+            elif hasattr(exc, "format_message"):
                 cmd = getattr(getattr(exc, "ctx", None), "command_path", "refsav")
                 error_line(f"{exc.format_message()} (see `{cmd} --help`)")
-            sys.exit(getattr(exc, "exit_code", 2))
-        except (typer.Abort, typer.Exit) as exc:  # pragma: no cover (click's own variants)
+            elif type(exc).__name__ == "Abort":
+                typer.echo("Aborted!", err=True)
             sys.exit(getattr(exc, "exit_code", 1))
         sys.exit(rv if isinstance(rv, int) else 0)
 
