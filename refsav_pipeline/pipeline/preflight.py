@@ -7,6 +7,7 @@ every row fails, nor tie ``--out`` to an empty root.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from refsav_pipeline.config import PipelineConfig
@@ -39,10 +40,14 @@ def check_models(cfg: PipelineConfig) -> None:
     """Probe every endpoint of every model (``GET /v1/models``); an ``InputError`` naming the
     URLs and the fix if none of a model's endpoints answers with that model."""
     session = ModelSession(cfg.models, cfg.client.model_copy(update={"cache": False}))
+    llm_log = logging.getLogger("refsav_pipeline.llm")
+    level = llm_log.level
+    llm_log.setLevel(logging.ERROR)  # the answer below says it once, not per endpoint
     try:
         health = session.run(session.check_health())
     finally:
         session.close()
+        llm_log.setLevel(level)
     for role, endpoints in health.items():
         if any(ep["healthy"] for ep in endpoints):
             continue
