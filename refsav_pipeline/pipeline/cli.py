@@ -214,6 +214,7 @@ def _next_steps(run_dir: Path) -> None:
         lines.append(f"  source {activate}    # puts `refsav` on your PATH")
     lines += [f"  refsav status --out {run_dir}",
               f"  refsav benchmark select --out {run_dir} --count 20",
-              f"  refsav review --out {run_dir}",
+              f"  refsav review --out {run_dir}            # then: refsav review export "
+              f"--out {run_dir}",
               f"  refsav export sa2va --out {run_dir} --to {run_dir.parent / 'export'}"]
     out_console.print("\n".join(lines), highlight=False, soft_wrap=True)
