@@ -76,10 +76,10 @@ def test_missing_key_names_it(root: Path) -> None:
 
 
 @pytest.mark.parametrize("change,masklet_id,words", [
-    (lambda a: a["masklet_id"].__setitem__(1, -4), -1, "masklet_id[1]: Input should be greater"),
-    (lambda a: a["masklet_id"].__setitem__(1, 2**40), -1, "masklet_id[1]: Input should be less"),
-    (lambda a: a["masklet_id"].__setitem__(1, 1.5), -1, "masklet_id[1]: Input should be a valid"),
-    (lambda a: a["masklet_id"].__setitem__(1, a["masklet_id"][0]), -1, "repeats"),
+    (lambda a: a["masklet_id"].__setitem__(1, -4), -3, "masklet_id[1]: Input should be greater"),
+    (lambda a: a["masklet_id"].__setitem__(1, 2**40), -3, "masklet_id[1]: Input should be less"),
+    (lambda a: a["masklet_id"].__setitem__(1, 1.5), -3, "masklet_id[1]: Input should be a valid"),
+    (lambda a: a["masklet_id"].__setitem__(1, a["masklet_id"][0]), -3, "repeats"),
     (lambda a: a["masklet_type"].__setitem__(1, "auto"), 1, "masklet_type[1]: 'auto'"),
     (lambda a: a["masklet_size_bucket"].__setitem__(1, ["small"]), 1,
      "masklet_size_bucket[1]: ['small'] is not text"),
@@ -103,6 +103,24 @@ def test_bad_masklet_entry_fails_only_that_masklet(root: Path, change: Any, mask
     assert words in bad[0].error and bad[0].error.startswith("video sav_000002")
     assert [r for r in after if r.masklet_index != 1 or r.masklet_type != "manual"] == \
         [r for r in before if r.masklet_index != 1 or r.masklet_type != "manual"]
+
+
+def test_retry_redoes_just_the_masklet_whose_id_was_unusable(root: Path) -> None:
+    ref = find_video(root, "sav_000002")
+    good = {r.masklet_index: r for r in _rows(root, "sav_000002") if r.masklet_type == "manual"}
+    path = root / ref.manual_path
+    original = path.read_text()
+    raw = json.loads(original)
+    raw["masklet_id"][1] = -4
+    path.write_text(json.dumps(raw))
+    only = {("sav_000002", "manual", -3)}  # the failed row's key
+    again = prepare_video(root, ref, CFG, "f" * 16, only)
+    assert [(r.masklet_index, r.masklet_id) for r in again.failed] == [(1, -3)]
+    assert not again.jobs  # the good masklets are not redone (their rows are kept)
+    path.write_text(original)  # fixed: the retry now gives the masklet its real row
+    fixed = prepare_video(root, ref, CFG, "f" * 16, only)
+    assert not fixed.failed
+    assert [j.base["masklet_id"] for j in fixed.jobs] == [good[1].masklet_id]
 
 
 def test_rle_counts_that_do_not_cover_the_frame_are_bad_rle(root: Path) -> None:

@@ -60,12 +60,19 @@ def load_annotation(path: str | Path, video_id: str | None = None) -> SavAnnotat
                           video_id=video_id) from exc
 
 
+def unusable_id(index: int) -> int:
+    """The ``masklet_id`` of the object at ``index`` when its own id is unusable: negative,
+    so it never meets a real id, below -1 (a whole file), and one per position, so a retry
+    redoes just that object (``prepare_video`` also matches it after the file is fixed)."""
+    return -2 - index
+
+
 def masklets_of(ann: SavAnnotation, file_type: str) -> list[Masklet]:
     """The annotation's objects, one per position in the inner ``masklet`` lists.
 
     An object whose entries are unusable is still returned, with its ``problem`` set (and
-    ``masklet_id`` -1 if the id itself is bad), so callers can index by position and the
-    pipeline can give it a failed row; ``Masklet.check`` raises it.
+    ``masklet_id`` = ``unusable_id(index)`` if the id itself is bad), so callers can index by
+    position and the pipeline can give it a failed row; ``Masklet.check`` raises it.
     """
     out = []
     seen: set[int] = set()
@@ -76,7 +83,7 @@ def masklets_of(ann: SavAnnotation, file_type: str) -> list[Masklet]:
         out.append(
             Masklet(
                 video_id=ann.video_id,
-                masklet_id=raw_id if ok_id else -1,
+                masklet_id=raw_id if ok_id else unusable_id(k),
                 index=k,
                 type=file_type,
                 size_bucket=ann.masklet_size_bucket[k] if ann.masklet_size_bucket and
