@@ -118,6 +118,20 @@ def test_the_demo_top_folder_names_the_run_inside_it(synth_root: Path, tmp_path:
     assert _tree(top) == before
 
 
+def test_export_checks_for_the_benchmark_before_writing_train(synth_root: Path,
+                                                              tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    write_fake_run(synth_root, run)
+    dest = tmp_path / "export"
+    res = CliRunner().invoke(app, ["export", "sa2va", "--out", str(run), "--to", str(dest)])
+    assert res.exit_code == 2 and "--part train" in _error_lines(res.output)[0]
+    assert not dest.exists()
+    res = CliRunner().invoke(app, ["export", "sa2va", "--out", str(run), "--to", str(dest),
+                                   "--part", "train"])
+    assert res.exit_code == 0, res.output
+    assert (dest / "Ref-SAV.json").is_file()
+
+
 def test_failure_during_work_is_one_line_and_exit_1_traceback_only_with_debug(
         tmp_path: Path) -> None:
     run = tmp_path / "run"

@@ -13,7 +13,7 @@ from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.check import check_export
-from refsav_pipeline.review.paths import benchmark_path
+from refsav_pipeline.review.paths import benchmark_path, validated_path
 
 export_app = typer.Typer(help="Export a run to Sa2VA's Ref-SAV formats and check an export.",
                          no_args_is_help=True)
@@ -49,6 +49,9 @@ def sa2va(
     out = run_folder(out)
     if to.exists() and not to.is_dir():
         raise fail(f"--to {to} is a file: pass a folder for the export")
+    if part is not PartChoice.train and not validated_path(out).is_file():
+        raise fail(f"no {validated_path(out)} for the benchmark part: run `refsav review "
+                   f"export --out {out}` after the review, or pass --part train")
     cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
