@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
+from refsav_pipeline.cli_common import DEBUG, ReportingGroup, debug_from_env
 from refsav_pipeline.export.cli import export_app, report
 from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.pipeline import cli as pipeline_cli
@@ -15,7 +18,18 @@ app = typer.Typer(
     help="Build Ref-SAV referring expressions from SA-V masklets.",
     no_args_is_help=True,
     add_completion=False,
+    cls=ReportingGroup,
+    pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def main(debug: Annotated[bool, typer.Option(
+        "--debug", help="Show the traceback of an error (also REFSAV_DEBUG=1).")] = False) -> None:
+    """Build Ref-SAV referring expressions from SA-V masklets."""
+    DEBUG["on"] = debug or debug_from_env()
+
+
 app.add_typer(sav_app, name="sav")
 app.add_typer(serve_app, name="serve")
 app.add_typer(benchmark_app, name="benchmark")

@@ -22,3 +22,9 @@ class RecordError(Exception):
         self.kind = kind
         self.video_id = video_id
         self.masklet_id = masklet_id
+
+
+class InputError(Exception):
+    """A mistake in what the user asked for (a wrong path, a folder that is not a run, no model
+    server): the command stops before writing anything. The message says what to do instead.
+    """

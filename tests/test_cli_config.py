@@ -28,4 +28,4 @@ def test_resume_and_report_refuse_a_broken_config(tmp_path: Path) -> None:
     assert res.exit_code == 2 and "jpeg_quality" in res.output
     res = CliRunner().invoke(app, ["resume", "--out", str(tmp_path / "missing"), "--config",
                                    str(cfg), "--no-progress"])
-    assert res.exit_code == 2 and "refused" in res.output
+    assert res.exit_code == 2 and "error:" in res.output

@@ -31,6 +31,15 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
     assert report.is_file() and report.as_uri() in res.stdout.replace("\n", "")
     # a second demo finds everything done and changes nothing
     before = {f: f.read_bytes() for f in shard_files(out / "run")}
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                           env={**os.environ, "PATH": "/usr/bin:/bin"})  # no refsav on PATH
     assert again.returncode == 0, again.stderr[-3000:]
+    # nothing to do: neither Ray nor the model server is started
+    assert "0 of 2 shards to do" in again.stderr
+    assert "Ray" not in again.stderr and "model server" not in again.stderr
+    # the last lines: how to get `refsav` on PATH, then what to try next
+    tail = again.stdout[again.stdout.index("next steps:"):]
+    assert "source " in tail and "bin/activate" in tail
+    for step in ("status", "benchmark select", "review", "export sa2va"):
+        assert f"refsav {step} --out {out / 'run'}" in tail
     assert {f: f.read_bytes() for f in shard_files(out / "run")} == before

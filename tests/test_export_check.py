@@ -169,4 +169,4 @@ def test_cli_lists_problems_and_exits_1(dest: Path) -> None:
     assert res.exit_code == 1
     assert "[missing_frame]" in res.output and "1 problem" in res.output
     res = CliRunner().invoke(app, ["export", "check", str(dest / "nothing")])
-    assert res.exit_code == 1 and "neither" in res.output
+    assert res.exit_code == 2 and "not a folder" in res.output

@@ -237,7 +237,7 @@ def test_cli_export_and_check(ex: dict, synth_root: Path, tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["export", "sa2va", "--out", str(tmp_path / "nope"), "--to",
                               str(tmp_path / "x"), "--part", "benchmark"])
-    assert res.exit_code == 1 and "plan.json" in res.output
+    assert res.exit_code == 2 and "does not exist" in res.output
 
 
 def test_long_rejected_objects_keep_only_their_short_expressions(ex: dict, synth_root: Path,

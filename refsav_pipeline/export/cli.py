@@ -9,12 +9,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from refsav_pipeline.cli_common import load_config
+from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.export.check import check_export
 from refsav_pipeline.export.layout import LayoutName
-from refsav_pipeline.review.paths import benchmark_path
+from refsav_pipeline.review.paths import benchmark_path, validated_path
 
 export_app = typer.Typer(help="Export a run to Sa2VA's Ref-SAV formats and check an export.",
                          no_args_is_help=True)
@@ -55,14 +55,19 @@ def sa2va(
     from refsav_pipeline.export.sa2va import export_benchmark, export_train
     from refsav_pipeline.sav.chunks import parse_chunks
 
+    out = run_folder(out)
+    if to.exists() and not to.is_dir():
+        raise fail(f"--to {to} is a file: pass a folder for the export")
+    if part is not PartChoice.train and not validated_path(out).is_file():
+        raise fail(f"no {validated_path(out)} for the benchmark part: run `refsav review "
+                   f"export --out {out}` after the review, or pass --part train")
     cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
     try:
         chunks = parse_chunks(exclude_chunks) if exclude_chunks is not None else []
     except ValueError as exc:
-        typer.echo(f"error: --exclude-chunks: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(f"--exclude-chunks: {exc}") from exc
     where = layout_for(layout, to)
     try:
         if part in (PartChoice.train, PartChoice.all):
@@ -91,8 +96,7 @@ def sa2va(
             for w in b.warnings:
                 console.print(f"[yellow]warning:[/yellow] {w}")
     except (FileNotFoundError, FileExistsError, ValueError, RecordError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+        raise fail(str(exc), 1) from exc
 
 
 @export_app.command("check")
@@ -107,6 +111,8 @@ def check(
              "unverified training paths, objects without short_caps).")] = False,
 ) -> None:
     """Validate an export against Sa2VA's formats; exit 1 with the list of problems."""
+    if not dest.is_dir():
+        raise fail(f"{dest} is not a folder: pass the --to of a `refsav export sa2va`")
     report = check_export(dest, sav_root)
     for p in report.problems:
         typer.echo(str(p))
@@ -130,9 +136,6 @@ def report(
     """Write a static HTML report of a run to <out>/report/index.html."""
     from refsav_pipeline.export.report import build_report
 
-    try:
-        path = build_report(out, load_config(config), gallery)
-    except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    cfg = load_config(config)
+    path = build_report(run_folder(out), cfg, gallery)
     console.print(f"report: {path.resolve().as_uri()}")

@@ -100,34 +100,68 @@ def see_outlined(rgb: np.ndarray, yellow: np.ndarray | None = None) -> Seen:
 
 
 def see_box(rgb: np.ndarray) -> Seen | None:
-    """Centre of the yellow box and the most frequent chromatic colour inside it."""
+    """Centre of the yellow box and the colour of the object it was drawn around."""
     yellow, filled = _highlight_regions(rgb)
     if int((yellow > 0).sum()) < MIN_PIXELS:
         return None
     ys, xs = np.nonzero(filled if filled.any() else yellow)
-    x0, x1, y0, y1 = xs.min(), xs.max(), ys.min(), ys.max()
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()), int(ys.min()), int(ys.max())
     cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
     h, w = yellow.shape
-    inner = np.zeros_like(yellow, dtype=bool)
-    m = 5
-    if x1 - x0 > 2 * m and y1 - y0 > 2 * m:
-        inner[y0 + m:y1 - m, x0 + m:x1 - m] = True
-    px = rgb[inner & (cv2.dilate(yellow, np.ones((5, 5), np.uint8)) == 0)]
-    color = _object_color(px)
+    color = _boxed_color(rgb, yellow, (x0, y0, x1, y1))
     return Seen(color, position_name(cx, cy, w, h), float(cx), float(cy))
 
 
-def _object_color(px: np.ndarray) -> str | None:
-    """Inside a box the background shows too: prefer the most frequent non-gray colour."""
-    if px.shape[0] == 0:
+def _boxed_color(rgb: np.ndarray, yellow: np.ndarray, box: tuple[int, int, int, int]
+                 ) -> str | None:
+    """The colour of the region whose extent best matches the box.
+
+    A box is drawn around one object, so that object lies inside it and spans it; a neighbour
+    that overlaps the box reaches out of it. Matching extents (IoU of a region's bounding box
+    with the box) names the boxed object even when a neighbour covers more of the box. Only a
+    window around the box is looked at: a region reaching past the window reaches past the
+    box too. Gray and black are background; with no other colour region inside, the most
+    frequent colour inside the box is the answer.
+    """
+    x0, y0, x1, y1 = box
+    m = 5
+    if x1 - x0 <= 2 * m or y1 - y0 <= 2 * m:
         return None
-    counts = np.bincount(color_indices(px), minlength=len(COLOR_TERMS))
-    order = [COLOR_TERMS.index(c) for c in ("gray", "black")]
-    chromatic = counts.copy()
-    chromatic[order] = 0
-    if chromatic.sum() >= 0.05 * counts.sum():
-        return COLOR_TERMS[int(chromatic.argmax())]
-    return COLOR_TERMS[int(counts.argmax())]
+    h, w = yellow.shape
+    bw, bh = x1 - x0 + 1, y1 - y0 + 1
+    wx0, wy0 = max(0, x0 - bw // 2), max(0, y0 - bh // 2)
+    wx1, wy1 = min(w, x1 + bw // 2 + 1), min(h, y1 + bh // 2 + 1)
+    window = rgb[wy0:wy1, wx0:wx1]
+    names = color_indices(window)
+    line = cv2.dilate(yellow[wy0:wy1, wx0:wx1], np.ones((5, 5), np.uint8)) > 0
+    inner = np.zeros(names.shape, dtype=bool)
+    inner[y0 + m - wy0:y1 - m - wy0, x0 + m - wx0:x1 - m - wx0] = True
+    inner &= ~line
+    if not inner.any():
+        return None
+    background = {COLOR_TERMS.index("gray"), COLOR_TERMS.index("black")}
+    box_area = float(bw * bh)
+    best: tuple[float, int, int] | None = None  # (IoU, pixels inside the box, colour index)
+    for c in np.unique(names[inner]).tolist():
+        if c in background:
+            continue
+        n, labels, stats, _ = cv2.connectedComponentsWithStats(
+            ((names == c) & ~line).astype(np.uint8), connectivity=8)
+        inside = np.bincount(labels[inner], minlength=n)
+        for k in range(1, n):
+            if inside[k] < MIN_PIXELS:
+                continue
+            rx0, ry0, rw, rh = (int(v) for v in stats[k, :4])
+            rx0, ry0 = rx0 + wx0, ry0 + wy0
+            iw = min(rx0 + rw, x1 + 1) - max(rx0, x0)
+            ih = min(ry0 + rh, y1 + 1) - max(ry0, y0)
+            overlap = float(max(0, iw) * max(0, ih))
+            cand = (overlap / (box_area + rw * rh - overlap), int(inside[k]), c)
+            if best is None or cand[:2] > best[:2]:
+                best = cand
+    if best is not None:
+        return COLOR_TERMS[best[2]]
+    return dominant_color_name(window[inner])
 
 
 def motion_direction(frames: list[np.ndarray]) -> tuple[str, list[Seen]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,14 +16,17 @@ import httpx
 import typer
 from rich.console import Console
 
-from refsav_pipeline.cli_common import load_config
+from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.errors import InputError
 from refsav_pipeline.pipeline.driver import (
-    RunRefused,
     execute,
     load_run_config,
     prepare_output,
+    shards_to_do,
 )
+from refsav_pipeline.pipeline.plan import PLAN_FILE, load_plan
+from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
 from refsav_pipeline.pipeline.status import print_status, run_status
 from refsav_pipeline.records import shard_files
 from refsav_pipeline.sav.synth import synth_sav
@@ -37,9 +41,25 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show progress bars.")]
 
 
-def _refuse(exc: Exception) -> typer.Exit:
-    console.print(f"[red]refused:[/red] {exc}")
-    return typer.Exit(2)
+def _nothing_to_do(out: Path, retry_failed: bool = False) -> bool:
+    """True (and says so) if every shard of the run at ``out`` is done: no Ray, no servers."""
+    todo, total = shards_to_do(out, retry_failed)
+    if todo:
+        return False
+    console.print(f"0 of {total} shards to do")
+    return True
+
+
+def _ignored_on_existing_run(out: Path, shard_size: int | None, limit_videos: int | None
+                             ) -> None:
+    """Say which flags an existing plan overrides (the plan never changes without --force)."""
+    saved = load_run_config(out)
+    if shard_size is not None and shard_size != saved.run.shard_size:
+        console.print(f"note: --shard-size {shard_size} ignored: {out} was planned with "
+                      f"{saved.run.shard_size} videos per shard (--force plans again)")
+    if limit_videos is not None:
+        console.print(f"note: --limit-videos {limit_videos} ignored: {out} was planned with "
+                      f"{load_plan(out).num_videos} videos (--force plans again)")
 
 
 def run(
@@ -58,10 +78,17 @@ def run(
     cfg = load_config(config)
     if shard_size is not None:
         cfg.run.shard_size = shard_size
-    try:
-        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
-    except RunRefused as exc:
-        raise _refuse(exc) from exc
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: pass a folder for the run")
+    check_sav_root(sav_root)
+    if (out / PLAN_FILE).is_file() and not force:
+        prepare_output(sav_root, out, cfg)  # an existing plan: refused or reused, nothing written
+        _ignored_on_existing_run(out, shard_size, limit_videos)
+        if _nothing_to_do(out):
+            print_status(run_status(out), out_console)
+            return
+    check_models(cfg)
+    prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
     execute(out, cfg, address=address, show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
@@ -76,12 +103,16 @@ def resume(
     progress: ProgressOpt = True,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
-    try:
-        cfg = load_run_config(out, config)
-    except (RunRefused, OSError, ValueError) as exc:
-        raise _refuse(exc) from exc
-    execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
-            console=console)
+    out = run_folder(out)
+    if config is not None:
+        load_config(config)  # a broken file is named as such, before the fingerprint check
+    cfg = load_run_config(out, config)
+    if not _nothing_to_do(out, retry_failed):
+        check_sav_root(Path(load_plan(out).sav_root),
+                       fix=f"{out} was planned from it: make it readable there again")
+        check_models(cfg)
+        execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
+                console=console)
     print_status(run_status(out), out_console)
 
 
@@ -90,10 +121,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput."""
-    try:
-        st = run_status(out)
-    except FileNotFoundError as exc:
-        raise _refuse(exc) from exc
+    st = run_status(run_folder(out))
     if as_json:
         typer.echo(st.model_dump_json(indent=1))
     else:
@@ -150,25 +178,43 @@ def demo(
 ) -> None:
     """The whole job offline: synthetic SA-V sample → reference server → Ray run → status
     and an HTML report."""
-    sav = out / "sav"
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: pass a folder for the demo")
+    sav, run_dir = out / "sav", out / "run"
     if not (sav / "synth_truth.json").exists():
         made = synth_sav(sav, videos, seed)
         console.print(f"synthesized {len(made)} SA-V-format videos under {sav}")
+    check_sav_root(sav)
     cfg = PipelineConfig()
     cfg.run.shard_size = 2
-    port = free_port()
-    with reference_server(port) as url:
-        console.print(f"reference model server at {url}")
-        cfg = with_endpoints(cfg, url)
-        try:
-            prepare_output(sav, out / "run", cfg)
-        except RunRefused as exc:
-            raise _refuse(exc) from exc
-        execute(out / "run", cfg, show_progress=progress, console=console)
-    print_status(run_status(out / "run"), out_console)
-    files = shard_files(out / "run")
-    out_console.print(f"{len(files)} Parquet shards in {out / 'run' / 'shards'}")
+    if not ((run_dir / PLAN_FILE).is_file() and _nothing_to_do(run_dir)):
+        with reference_server(free_port()) as url:
+            console.print(f"reference model server at {url}")
+            cfg = with_endpoints(cfg, url)
+            check_models(cfg)
+            prepare_output(sav, run_dir, cfg)
+            execute(run_dir, cfg, show_progress=progress, console=console)
+    print_status(run_status(run_dir), out_console)
+    files = shard_files(run_dir)
+    out_console.print(f"{len(files)} Parquet shards in {run_dir / 'shards'}")
     from refsav_pipeline.export.report import build_report  # matplotlib: only when needed
 
-    report_path = build_report(out / "run", cfg, gallery_size=12)
+    report_path = build_report(run_dir, cfg, gallery_size=12)
     out_console.print(f"report: {report_path.resolve().as_uri()}")
+    _next_steps(run_dir)
+
+
+def _next_steps(run_dir: Path) -> None:
+    """The commands a new user tries next, typed as they work from the shell they are in."""
+    lines = ["next steps:"]
+    if shutil.which("refsav") is None:
+        activate = Path(sys.prefix) / "bin" / "activate"
+        with contextlib.suppress(ValueError):
+            activate = activate.relative_to(Path.cwd())
+        lines.append(f"  source {activate}    # puts `refsav` on your PATH")
+    lines += [f"  refsav status --out {run_dir}",
+              f"  refsav benchmark select --out {run_dir} --count 20",
+              f"  refsav review --out {run_dir}            # then: refsav review export "
+              f"--out {run_dir}",
+              f"  refsav export sa2va --out {run_dir} --to {run_dir.parent / 'export'}"]
+    out_console.print("\n".join(lines), highlight=False, soft_wrap=True)

@@ -15,6 +15,7 @@ from pathlib import Path
 from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.errors import InputError
 from refsav_pipeline.pipeline.plan import (
     CONFIG_FILE,
     PLAN_FILE,
@@ -33,7 +34,7 @@ from refsav_pipeline.sav.index import index_sav_root
 RUNS_LOG = "runs.jsonl"
 
 
-class RunRefused(Exception):
+class RunRefused(InputError):
     """The output folder holds a run that this command must not touch as asked."""
 
 
@@ -89,6 +90,16 @@ def prepare_output(sav_root: str | Path, out_dir: str | Path, cfg: PipelineConfi
     save_config(out_dir, cfg)
     save_plan(out_dir, plan)
     return plan
+
+
+def shards_to_do(out_dir: str | Path, retry_failed: bool = False) -> tuple[int, int]:
+    """(shards a run/resume would work on, shards in the plan), read from the markers alone,
+    so a rerun with nothing to do can say so without starting Ray or model servers."""
+    plan = load_plan(out_dir)
+    states = shard_states(out_dir, plan)
+    todo = sum(state is not ShardState.done or (retry_failed and bool(
+        marker and marker.by_status.get("failed"))) for state, marker in states.values())
+    return todo, len(plan.shards)
 
 
 def failed_keys(out_dir: Path, plan: Plan) -> dict[int, set[MaskletKey]]:

@@ -21,7 +21,7 @@ from refsav_pipeline.render import Renderer
 from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.frames import FrameChoice, choose_frames, decode_mask
 from refsav_pipeline.sav.index import SavVideoRef
-from refsav_pipeline.sav.masklets import Masklet, load_annotation, masklets_of
+from refsav_pipeline.sav.masklets import Masklet, load_annotation, masklets_of, unusable_id
 
 TYPE_RANK = {"manual": 0, "auto": 1}
 MaskletKey = tuple[str, str, int]  # video_id, masklet_type, masklet_id
@@ -87,7 +87,8 @@ def _with_choice(base: dict[str, Any], c: FrameChoice) -> dict[str, Any]:
 def prepare_video(sav_root: str | Path, ref: SavVideoRef, cfg: PipelineConfig, fingerprint: str,
                   only: set[MaskletKey] | None = None) -> PreparedVideo:
     """Render one video's masklets. ``only`` restricts it to some masklets (retry of failures);
-    a key with masklet id -1 stands for every masklet of that annotation file."""
+    a key with masklet id -1 stands for every masklet of that annotation file, and one with
+    ``unusable_id(index)`` for the masklet at that index."""
     t0 = time.process_time()
     root = Path(sav_root)
     out = PreparedVideo(video_id=ref.video_id, jobs=[], failed=[])
@@ -107,7 +108,8 @@ def prepare_video(sav_root: str | Path, ref: SavVideoRef, cfg: PipelineConfig, f
             continue
         for m in masklets_of(ann, mtype):
             if only is not None and not ({(ref.video_id, mtype, m.masklet_id),
-                                          (ref.video_id, mtype, -1)} & only):
+                                          (ref.video_id, mtype, -1),
+                                          (ref.video_id, mtype, unusable_id(m.index))} & only):
                 continue
             base = _masklet_base(ref, m, fingerprint)
             try:

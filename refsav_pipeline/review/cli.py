@@ -10,6 +10,8 @@ from typing import Annotated
 
 import typer
 
+from refsav_pipeline.cli_common import run_folder
+
 benchmark_app = typer.Typer(help="Choose the benchmark subset (whole videos, held out of "
                                  "training).", no_args_is_help=True)
 review_app = typer.Typer(
@@ -42,6 +44,7 @@ def select_cmd(
     from refsav_pipeline.review.select import SelectionExists, select_and_write
     from refsav_pipeline.sav.chunks import parse_chunks
 
+    out = run_folder(out)
     try:
         chunk_list = None if chunks is None else parse_chunks(chunks)
         samples = select_and_write(out, count, seed, double_review, force, chunk_list)
@@ -59,6 +62,7 @@ def select_cmd(
 def _serve(out: Path, host: str, port: int | None, users: Path | None) -> None:
     from refsav_pipeline.review.app import serve
 
+    out = run_folder(out)
     if users is not None and not users.is_file():
         typer.echo(f"error: users file {users} not found (create it with "
                    "`refsav review add-user`)", err=True)
@@ -102,7 +106,7 @@ def stats_cmd(out: Out,
     """Progress, agreement (Cohen's kappa) and per-reviewer throughput."""
     from refsav_pipeline.review.stats import review_stats
 
-    stats = review_stats(out)
+    stats = review_stats(run_folder(out))
     if as_json:
         typer.echo(stats.model_dump_json(indent=1))
         return
@@ -127,7 +131,7 @@ def export_cmd(out: Out) -> None:
     """Write the validated benchmark to <out>/review/validated.parquet."""
     from refsav_pipeline.review.export import export_validated
 
-    path, rows = export_validated(out)
+    path, rows = export_validated(run_folder(out))
     long_ok = sum(r.long_accepted for r in rows)
     shorts = sum(len(r.short_expressions) for r in rows)
     typer.echo(json.dumps({"path": str(path), "long_accepted": long_ok,

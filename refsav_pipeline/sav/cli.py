@@ -11,7 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from refsav_pipeline.errors import RecordError
+from refsav_pipeline.cli_common import fail
+from refsav_pipeline.errors import InputError, RecordError
 from refsav_pipeline.sav.frames import choose_frames
 from refsav_pipeline.sav.index import find_video
 from refsav_pipeline.sav.masklets import read_video_masklets
@@ -35,6 +36,8 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed (also prefixes the video ids).")] = 0,
 ) -> None:
     """Write a synthetic SA-V sample (real mp4 + RLE JSON) with a ground-truth sidecar."""
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out} is a file: pass a folder for the sample")
     made = synth_sav(out, videos, seed)
     n = sum(len(v.objects) for v in made)
     console.print(f"wrote {len(made)} videos, {n} masklets under {out}")
@@ -68,11 +71,18 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
     """Per masklet: max-area frame, its area and box, and the 8 sampled frames (24 fps indices)."""
+    if not sav_root.is_dir():
+        raise InputError(f"SA-V root {sav_root} is not a folder: pass the folder that holds "
+                         "sav_train/ (or the <video>_manual.json files) as --sav-root")
+    try:
+        find_video(sav_root, video)
+    except FileNotFoundError as exc:
+        raise InputError(f"{exc}: pass a video id of that root as --video (e.g. sav_000001)"
+                         ) from exc
     try:
         rows = inspect_rows(sav_root, video, type.value)
-    except (RecordError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(1) from exc
+    except RecordError as exc:
+        raise fail(str(exc), 1) from exc
     if as_json:
         keys = ("masklet_id", "type", "max_area_frame", "max_area", "sampled_frames", "bbox")
         typer.echo(json.dumps([{k: r[k] for k in keys} for r in rows]))

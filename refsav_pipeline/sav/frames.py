@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.sav.masklets import Masklet
+from refsav_pipeline.sav.rle import rle_pixel_counts
 from refsav_pipeline.sav.schema import ANNOTATION_STRIDE
 
 Box = tuple[int, int, int, int]  # x, y, w, h in pixels
@@ -48,6 +49,21 @@ def check_rle_sizes(masklet: Masklet) -> None:
             )
 
 
+def check_rle_counts(masklet: Masklet, annotated_frames: list[int]) -> None:
+    """The RLEs at these annotated frames cover exactly H*W pixels (so pycocotools can decode
+    them, and their areas and boxes mean something)."""
+    frames = sorted(set(annotated_frames))
+    pixels = rle_pixel_counts([masklet.rles[f]["counts"] for f in frames])
+    expected = masklet.height * masklet.width
+    for f, n in zip(frames, pixels.tolist(), strict=True):
+        if n != expected:
+            what = "are malformed" if n < 0 else f"cover {n} pixels"
+            raise RecordError(
+                "bad_rle", f"RLE counts at annotated frame {f} {what}, not "
+                f"{masklet.height}x{masklet.width}", video_id=masklet.video_id,
+                masklet_id=masklet.masklet_id)
+
+
 def uniform_sample(candidates: list[int], k: int) -> list[int]:
     """``k`` items spread evenly over ``candidates`` with both ends kept; all if fewer exist."""
     if len(candidates) <= k:
@@ -65,6 +81,7 @@ def choose_frames(masklet: Masklet, num_sampled: int = 8) -> FrameChoice:
     every sampled frame has a box to draw; when the object is visible throughout its span this
     is the same as uniform in time.
     """
+    masklet.check()
     check_rle_sizes(masklet)
     rles = list(masklet.rles)
     areas = mask_utils.area(rles).astype(np.int64)
@@ -74,6 +91,7 @@ def choose_frames(masklet: Masklet, num_sampled: int = 8) -> FrameChoice:
                           video_id=masklet.video_id, masklet_id=masklet.masklet_id)
     best = int(np.argmax(areas))
     sampled = uniform_sample(visible.tolist(), num_sampled)
+    check_rle_counts(masklet, [best, *sampled])
     bboxes = boxes_at(masklet, [Masklet.video_frame(f) for f in sorted({best, *sampled})])
     return FrameChoice(
         max_area_frame=Masklet.video_frame(best),
@@ -102,4 +120,6 @@ def _annotated(masklet: Masklet, video_frame: int) -> int:
 
 def decode_mask(masklet: Masklet, video_frame: int) -> np.ndarray:
     """The object's binary mask (H, W, bool) at an annotated video frame."""
-    return mask_utils.decode(masklet.rles[_annotated(masklet, video_frame)]).astype(bool)
+    f = _annotated(masklet, video_frame)
+    check_rle_counts(masklet, [f])
+    return mask_utils.decode(masklet.rles[f]).astype(bool)

@@ -1,0 +1,59 @@
+"""Checks made before a run plans or starts anything: is the SA-V root real, are the models up.
+
+A wrong ``--sav-root`` or a model server that is not running is the user's mistake, not a
+record's: it must stop the command at once with the fix (exit 2), not turn into a run where
+every row fails, nor tie ``--out`` to an empty root.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.errors import InputError
+from refsav_pipeline.llm.session import ModelSession
+from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
+
+SAV_ROOT_FIX = ("pass the folder that holds sav_train/ (or the <video>_manual.json files) as "
+                "--sav-root")
+
+
+def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
+    """The videos under ``root``; an ``InputError`` (ending with ``fix``) if it is missing, a
+    file, or has none."""
+    if not root.exists():
+        raise InputError(f"SA-V root {root} does not exist: {fix}")
+    if not root.is_dir():
+        raise InputError(f"SA-V root {root} is a file, not a folder: {fix}")
+    try:
+        videos = index_sav_root(root)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"SA-V root {root}: {exc}") from exc
+    if not videos:
+        raise InputError(f"SA-V root {root} holds no video (no *_manual.json under it): "
+                         f"{fix}")
+    return videos
+
+
+def check_models(cfg: PipelineConfig) -> None:
+    """Probe every endpoint of every model (``GET /v1/models``); an ``InputError`` naming the
+    URLs and the fix if none of a model's endpoints answers with that model."""
+    session = ModelSession(cfg.models, cfg.client.model_copy(update={"cache": False}))
+    llm_log = logging.getLogger("refsav_pipeline.llm")
+    level = llm_log.level
+    llm_log.setLevel(logging.ERROR)  # the answer below says it once, not per endpoint
+    try:
+        health = session.run(session.check_health())
+    finally:
+        session.close()
+        llm_log.setLevel(level)
+    for role, endpoints in health.items():
+        if any(ep["healthy"] for ep in endpoints):
+            continue
+        model = session.model_cfg(role)  # type: ignore[arg-type]
+        urls = ", ".join(ep["url"] for ep in endpoints)
+        raise InputError(
+            f"no endpoint of the {role} model {model.name} answers at {urls} (GET /models): "
+            "start `refsav serve reference` and pass --config configs/local-reference.yaml, "
+            "or start the model servers (`refsav serve vllm --config …`) and pass that config")
