@@ -55,6 +55,10 @@ def sa2va(
     from refsav_pipeline.export.sa2va import export_benchmark, export_train
     from refsav_pipeline.sav.chunks import parse_chunks
 
+    try:
+        chunks = parse_chunks(exclude_chunks) if exclude_chunks is not None else []
+    except ValueError as exc:
+        raise fail(f"--exclude-chunks: {exc}") from exc
     out = run_folder(out)
     if to.exists() and not to.is_dir():
         raise fail(f"--to {to} is a file: pass a folder for the export")
@@ -64,10 +68,6 @@ def sa2va(
     cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
-    try:
-        chunks = parse_chunks(exclude_chunks) if exclude_chunks is not None else []
-    except ValueError as exc:
-        raise fail(f"--exclude-chunks: {exc}") from exc
     where = layout_for(layout, to)
     try:
         if part in (PartChoice.train, PartChoice.all):
