@@ -169,13 +169,12 @@ def samples_to_table(samples: list[BenchmarkSample], meta: dict[str, str] | None
 
 
 def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed: int,
-                    count: int, force: bool = False) -> Path:
-    """Write ``benchmark.parquet`` atomically; refuse to replace one that has decisions."""
-    from refsav_pipeline.review.store import count_decisions
-
+                    count: int, force: bool = False, decisions: int = 0) -> Path:
+    """Write ``benchmark.parquet`` atomically; refuse to replace one that has ``decisions``
+    (the review decisions logged for this run: the caller asks the store)."""
     path = benchmark_path(out_dir)
     if path.exists() and not force:
-        n = count_decisions(out_dir)
+        n = decisions
         if n:
             raise SelectionExists(
                 f"{path} already has {n} review decisions; pass --force to replace the "
@@ -191,9 +190,10 @@ def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed
 
 
 def select_and_write(out_dir: str | Path, count: int = 2000, seed: int = 0,
-                     double_review: float = 0.1, force: bool = False) -> list[BenchmarkSample]:
+                     double_review: float = 0.1, force: bool = False, decisions: int = 0
+                     ) -> list[BenchmarkSample]:
     samples = select_benchmark(read_rows(out_dir), count, seed, double_review)
-    write_selection(out_dir, samples, seed=seed, count=count, force=force)
+    write_selection(out_dir, samples, seed=seed, count=count, force=force, decisions=decisions)
     return samples
 
 
