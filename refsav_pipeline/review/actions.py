@@ -239,11 +239,17 @@ class ReviewActions:
             key = sess.history[sess.pos]
         else:
             after = self.by_key[sess.key].position if sess.key and not fresh else -1
-            key = self._next_key(sess.flt, reviewer, after)
-            if key is not None:
-                sess.history = [*sess.history[: sess.pos + 1], key]
-                sess.pos = len(sess.history) - 1
+            self._go(sess, self._next_key(sess.flt, reviewer, after))
+            return
         sess.key = (str(key[0]), str(key[1]), int(key[2])) if key else None
+
+    @staticmethod
+    def _go(sess: Session, key: SampleKey | None) -> None:
+        """Open ``key`` as a new step after the current one in the page's history."""
+        if key is not None:
+            sess.history = [*sess.history[: sess.pos + 1], key]
+            sess.pos = len(sess.history) - 1
+        sess.key = key
 
     def decide(self, session_id: str, reviewer: str, action: str, shown: str | None,
                form: Form) -> Screen | Refusal:
@@ -288,7 +294,7 @@ class ReviewActions:
             # edits are relative to what was shown; the log stores them against the pipeline
             # text, so a revisit that keeps the consensus text stores no spurious edit
             stored = {f: (t if t != getattr(sample, f) else None) for f, t in edits.items()}
-            decision = self.store.record(NewDecision(
+            new = NewDecision(
                 video_id=sess.key[0], masklet_type=sess.key[1], masklet_id=sess.key[2],
                 sample_version=sess.version, reviewer=reviewer, action=action,
                 reason=form.reason if action == "reject" else None,
@@ -297,7 +303,12 @@ class ReviewActions:
                 edited_video_caption=stored.get("video_caption") if keep_edits else None,
                 short_expression=short, note=note, base_seq=sess.base_seq,
                 adjudicates=sess.adjudicating and action != "skip"
-                and self.role(reviewer) == "adjudicator"))
+                and self.role(reviewer) == "adjudicator")
+            if sess.flt == QUEUE:  # the decision and the next lease: one commit
+                decision, claimed = self.store.record_and_claim(
+                    new, after=sample.position, ttl=self.lease_seconds)
+            else:
+                decision, claimed = self.store.record(new), None
             key = sess.key
             label = (f"{decision.action.replace('_', ' & ')} #{decision.seq} on {key[0]} "
                      f"{key[1]} {key[2]}" + (" (adjudication)" if decision.adjudicates else ""))
@@ -315,7 +326,10 @@ class ReviewActions:
                               "changed after you opened it (new captions).")
             else:
                 notice = ("ok", f"Saved: {label}.")
-            self._step(sess, reviewer, +1, fresh=sess.flt in (QUEUE, ADJUDICATION))
+            if sess.flt == QUEUE:
+                self._go(sess, claimed)
+            else:
+                self._step(sess, reviewer, +1, fresh=sess.flt == ADJUDICATION)
             return self.screen(sess, reviewer, notice)
 
     def frame(self, session_id: str, index: float, tint: bool) -> tuple[int, str | None, str]:

@@ -13,10 +13,13 @@ disagreed; what counts as settled is derived in ``consensus``, never stored.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -134,8 +137,10 @@ class Decision(NewDecision):
     conflicts_with: int | None = None
 
 
-class SampleState(BaseModel):
-    """A sample's state derived from the log (skips do not count as reviews)."""
+@dataclass(slots=True)
+class SampleState:
+    """A sample's state derived from the log (skips do not count as reviews). A plain
+    dataclass: every action derives all of them from our own table, so no validation."""
 
     video_id: str
     masklet_type: str
@@ -176,11 +181,14 @@ _DECISION_COLS = ("seq", "video_id", "masklet_type", "masklet_id", "sample_versi
 
 
 class DecisionStore:
-    """One SQLite file; a fresh connection per operation (Gradio handlers run in threads)."""
+    """One SQLite file; one connection per thread and process, kept open (Gradio handlers
+    run in threads). Closing the last connection checkpoints the WAL, so a connection per
+    operation would pay a checkpoint on every read."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as conn:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -207,13 +215,13 @@ class DecisionStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never share one across a fork
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
-            yield conn
-        finally:
-            conn.close()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -222,10 +230,11 @@ class DecisionStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     # -- samples -------------------------------------------------------------------------
 
@@ -259,31 +268,44 @@ class DecisionStore:
         current version, is still recorded, with ``conflict`` set and the decision it missed."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            latest = conn.execute(
-                "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
-                "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
-            current = conn.execute(
-                "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
-                "AND masklet_id = ?", new.key).fetchone()
-            conflict = new.action != "skip" and (
-                latest != new.base_seq
-                or (current is not None and current[0] != new.sample_version))
-            conflicts_with = latest if conflict and latest != new.base_seq else None
-            decided_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-            cur = conn.execute(
-                "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
-                "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
-                "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
-                "conflict, conflicts_with, note, adjudicates) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
-                 new.reviewer, decided_at, now, new.action, new.reason,
-                 new.edited_object_caption, new.edited_scene_caption,
-                 new.edited_video_caption, new.short_expression, new.base_seq,
-                 int(conflict), conflicts_with, new.note, int(new.adjudicates)))
-            conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
-                         "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
-            seq = int(cur.lastrowid or 0)
+            return self._append(conn, new, now)
+
+    def record_and_claim(self, new: NewDecision, *, after: int, ttl: float = LEASE_SECONDS,
+                         now: float | None = None) -> tuple[Decision, SampleKey | None]:
+        """``record`` then ``claim_next`` for the same reviewer in one transaction (one
+        durable commit per click instead of two)."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            return (self._append(conn, new, now),
+                    self._claim(conn, new.reviewer, after, ttl, now))
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, new: NewDecision, now: float) -> Decision:
+        latest = conn.execute(
+            "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
+            "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
+        current = conn.execute(
+            "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
+            "AND masklet_id = ?", new.key).fetchone()
+        conflict = new.action != "skip" and (
+            latest != new.base_seq
+            or (current is not None and current[0] != new.sample_version))
+        conflicts_with = latest if conflict and latest != new.base_seq else None
+        decided_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        cur = conn.execute(
+            "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
+            "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
+            "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
+            "conflict, conflicts_with, note, adjudicates) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
+             new.reviewer, decided_at, now, new.action, new.reason,
+             new.edited_object_caption, new.edited_scene_caption,
+             new.edited_video_caption, new.short_expression, new.base_seq,
+             int(conflict), conflicts_with, new.note, int(new.adjudicates)))
+        conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
+                     "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
+        seq = int(cur.lastrowid or 0)
         return Decision(**new.model_dump(), seq=seq, decided_at=decided_at, decided_ts=now,
                         conflict=conflict, conflicts_with=conflicts_with)
 
@@ -321,32 +343,37 @@ class DecisionStore:
         start, and samples this reviewer skipped come back only when nothing else is left."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            mine = conn.execute(
-                "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
-                "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
-                "AND l.expires_ts > ? ORDER BY s.position <= ?, s.position LIMIT 1",
-                (reviewer, now, after)).fetchone()
-            key = tuple(mine) if mine else None
-            if key is None:
-                row = conn.execute(
-                    f"""SELECT s.video_id, s.masklet_type, s.masklet_id FROM samples s
-                    WHERE (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d
-                           WHERE {_KEY_MATCH}) < s.needs
-                    AND NOT EXISTS (SELECT 1 FROM decisions d WHERE {_KEY_MATCH}
-                        AND d.reviewer = ?)
-                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
-                        AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
-                        AND l.reviewer != ? AND l.expires_ts > ?)
-                    ORDER BY EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
-                        AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
-                        AND d.sample_version = s.sample_version AND d.reviewer = ?),
-                      s.position <= ?, s.position LIMIT 1""",
-                    (reviewer, reviewer, now, reviewer, after)).fetchone()
-                key = tuple(row) if row else None
-            if key is None:
-                return None
-            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                         (*key, reviewer, now + ttl))
+            return self._claim(conn, reviewer, after, ttl, now)
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, reviewer: str, after: int, ttl: float, now: float
+               ) -> SampleKey | None:
+        mine = conn.execute(
+            "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
+            "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
+            "AND l.expires_ts > ? ORDER BY s.position <= ?, s.position LIMIT 1",
+            (reviewer, now, after)).fetchone()
+        key = tuple(mine) if mine else None
+        if key is None:
+            row = conn.execute(
+                f"""SELECT s.video_id, s.masklet_type, s.masklet_id FROM samples s
+                WHERE (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d
+                       WHERE {_KEY_MATCH}) < s.needs
+                AND NOT EXISTS (SELECT 1 FROM decisions d WHERE {_KEY_MATCH}
+                    AND d.reviewer = ?)
+                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
+                    AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
+                    AND l.reviewer != ? AND l.expires_ts > ?)
+                ORDER BY EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
+                    AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
+                    AND d.sample_version = s.sample_version AND d.reviewer = ?),
+                  s.position <= ?, s.position LIMIT 1""",
+                (reviewer, reviewer, now, reviewer, after)).fetchone()
+            key = tuple(row) if row else None
+        if key is None:
+            return None
+        conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                     (*key, reviewer, now + ttl))
         return (str(key[0]), str(key[1]), int(key[2]))
 
     def lease_holder(self, key: SampleKey, now: float | None = None) -> str | None:
@@ -366,18 +393,23 @@ class DecisionStore:
         """Counts over ``states`` (read now if not given: pass the action's own snapshot).
         Samples this reviewer skipped are still in their queue: they come back last."""
         states = self.states() if states is None else states
-        return Progress(
-            total=len(states),
-            done=sum(s.status != "pending" for s in states),
-            accepted=sum(s.status == "accepted" for s in states),
-            rejected=sum(s.status == "rejected" for s in states),
-            mine=sum(reviewer in s.reviewers for s in states),
-            my_queue=sum(len(s.reviewers) < s.needs and reviewer not in s.reviewers
-                         for s in states),
-            reviews_needed=sum(s.needs for s in states),
-            reviews_done=sum(min(len(s.reviewers), s.needs) for s in states),
-            conflicts=sum(s.conflict for s in states),
-        )
+        c = dict.fromkeys(("done", "accepted", "rejected", "mine", "my_queue", "needed",
+                           "reviews", "conflicts"), 0)
+        for s in states:  # one pass: this runs on every click
+            n = len(s.reviewers)
+            mine = reviewer in s.reviewers
+            c["done"] += s.status != "pending"
+            c["accepted"] += s.status == "accepted"
+            c["rejected"] += s.status == "rejected"
+            c["mine"] += mine
+            c["my_queue"] += n < s.needs and not mine
+            c["needed"] += s.needs
+            c["reviews"] += min(n, s.needs)
+            c["conflicts"] += s.conflict
+        return Progress(total=len(states), done=c["done"], accepted=c["accepted"],
+                        rejected=c["rejected"], mine=c["mine"], my_queue=c["my_queue"],
+                        reviews_needed=c["needed"], reviews_done=c["reviews"],
+                        conflicts=c["conflicts"])
 
 
 def _states(rows: list[tuple]) -> list[SampleState]:
