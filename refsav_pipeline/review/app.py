@@ -200,7 +200,7 @@ class ReviewApp:
             return (*(gr.skip() for _ in range(16)),
                     notice_html(answer.kind, answer.message, answer.render))
         flt = gr.update(choices=answer.filters, value=answer.flt)
-        notice = notice_html(*(answer.notice or ("ok", "")), answer.render)
+        notice = notice_html(*(answer.notice or ("none", "")), answer.render)
         v = answer.view
         if v is None:
             return (empty_banner(answer.empty_message), answer.progress, flt,
