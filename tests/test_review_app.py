@@ -23,7 +23,7 @@ from refsav_pipeline.render import decode_jpeg
 from refsav_pipeline.review.app import REJECT_REASONS, ReviewApp, wait_until_up
 from refsav_pipeline.review.media import _display_size
 from refsav_pipeline.review.paths import decisions_path
-from refsav_pipeline.review.select import load_benchmark, select_and_write
+from refsav_pipeline.review.select import load_benchmark, select_and_write, write_selection
 from refsav_pipeline.review.store import DecisionStore, NewDecision
 from refsav_pipeline.review.users import add_user
 from refsav_pipeline.sav.decode import decode_frames
@@ -419,3 +419,46 @@ def test_layout_and_accessibility(served: tuple[str, Path], browser: Browser,
     if os.environ.get(SCREENSHOT_ENV):
         shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
     page.close()
+
+
+def test_adjudicator_sees_both_decisions_side_by_side(synth_root: Path, browser: Browser,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    samples = [s.model_copy(update={"double_review": i < 2}) for i, s in enumerate(samples)]
+    write_selection(out, samples, seed=0, count=50, force=True)
+    s0 = load_benchmark(out)[0]
+    where = dict(video_id=s0.video_id, masklet_type=s0.masklet_type, masklet_id=s0.masklet_id,
+                 sample_version=s0.sample_version)
+    store = DecisionStore.for_run(out)
+    store.record(NewDecision(**where, reviewer="alice", action="edit_accept",
+                             edited_video_caption="Alice <i>says</i> it moves left."))
+    store.record(NewDecision(**where, reviewer="bob", action="reject",
+                             reason=REJECT_REASONS[2], note="it moves right"))
+    users = out / "users.txt"
+    add_user(users, "judy", "judy-pw", iterations=1000, role="adjudicator")
+    port = free_port()
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        login(page, url, "judy")
+        choose_filter(page, "adjudication (my queue)")
+        sides = page.locator("#rv-compare .rv-side")
+        expect(sides).to_have_count(2, timeout=20_000)
+        left, right = sides.nth(0), sides.nth(1)
+        expect(left).to_contain_text("Alice <i>says</i> it moves left.")  # as text
+        expect(right).to_contain_text("it moves right")
+        expect(right).to_contain_text(REJECT_REASONS[2])
+        a, b = left.bounding_box(), right.bounding_box()
+        assert a and b and abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"]
+        assert shown_key(page) == s0.key
+        press(page, "a")
+        wait_notice(page, r"\(adjudication\)")
+        last = store.decisions(s0.key)[-1]
+        assert (last.reviewer, last.action, last.adjudicates) == ("judy", "accept", True)
+        page.close()
+    finally:
+        demo.close()
