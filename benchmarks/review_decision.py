@@ -4,7 +4,9 @@ store calls vs ``ReviewActions.decide`` (one states read per action).
 Why: five reviewers press a key every few seconds; the server must answer each decision well
 under the time a person takes to look. The previous handler read every sample's state through
 a query with five correlated sub-selects per sample, and did so three times per click
-(progress, filter choices, the opened sample). This builds a 2,000-sample selection with
+(progress, filter choices, the opened sample), with a new connection per query. Now one
+commit holds the decision and the next lease, and each action re-reads only the samples
+decided since the previous one. This builds a 2,000-sample selection with
 1,500 samples already decided (10% double review), then times N decisions each way on its own
 copy of the same database, with media already cached (as after the first visit).
 

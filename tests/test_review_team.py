@@ -286,3 +286,20 @@ def test_revisit_shows_exported_text_and_skips_return_last(team) -> None:
     assert order[-1] == first and len(order) > 2
     assert s4.key in order[:-1]
     assert store.progress("carol").my_queue == 1  # the skipped one is still theirs
+
+
+def test_state_snapshot_follows_decisions_from_elsewhere(team) -> None:
+    out, users, samples = team
+    actions = ReviewActions(out, users)
+    before = {st.key: st.status for st in actions.states()}
+    assert set(before.values()) == {"pending"} and len(before) == len(samples)
+    other = DecisionStore.for_run(out)  # another process, e.g. a second app or a script
+    other.record(decision(samples[5], "bob", "reject", reason="other"))
+    other.record(decision(samples[6], "bob", "accept"))
+    after = {st.key: st for st in actions.states()}
+    assert after[samples[5].key].status == "rejected"
+    assert after[samples[6].key].status == "accepted" and after[samples[6].key].reviewers == [
+        "bob"]
+    assert [st.key for st in actions.states()] == [s.key for s in samples]  # review order
+    fresh = {st.key: st.status for st in DecisionStore.for_run(out).states()}
+    assert {k: st.status for k, st in after.items()} == fresh

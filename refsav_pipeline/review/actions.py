@@ -116,6 +116,9 @@ class ReviewActions:
         self.media = MediaCache(out_dir, sav_root)
         self.lease_seconds = lease_seconds
         media_dir(out_dir).mkdir(parents=True, exist_ok=True)
+        self._states: dict[SampleKey, SampleState] | None = None
+        self._states_seq = 0
+        self._states_lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
         self._locks: dict[str, threading.Lock] = defaultdict(threading.Lock)
         self._guard = threading.Lock()
@@ -137,6 +140,22 @@ class ReviewActions:
 
     def role(self, reviewer: str) -> str:
         return role_of(self.users_file, reviewer)
+
+    def states(self) -> list[SampleState]:
+        """Every sample's state, in review order: read whole once, then only the samples
+        decided since (by anyone, in any process), so an action costs the same at 200 or
+        2,000 samples."""
+        with self._states_lock:
+            changed, latest = self.store.changed_since(self._states_seq)
+            if self._states is None:
+                self._states = {st.key: st for st in self.store.states()}
+            else:
+                for key in changed:
+                    st = self.store.state(key)
+                    if st is not None and key in self._states:
+                        self._states[key] = st
+            self._states_seq = latest
+            return list(self._states.values())
 
     # -- queues and filters --------------------------------------------------------------
 
@@ -171,7 +190,7 @@ class ReviewActions:
         """The next sample for this filter after review position ``after`` (wrapping)."""
         if flt == QUEUE:
             return self.store.claim_next(reviewer, after=after, ttl=self.lease_seconds)
-        keys = self._filtered(flt, reviewer, self.store.states())
+        keys = self._filtered(flt, reviewer, self.states())
         later = [k for k in keys if self.by_key[k].position > after]
         return (later or keys or [None])[0]
 
@@ -186,7 +205,7 @@ class ReviewActions:
                ) -> Screen:
         """Render ``sess.key`` for ``reviewer``; the states are read once, here."""
         role = self.role(reviewer)
-        states = self.store.states()
+        states = self.states()
         sess.render += 1
         base = dict(progress=progress_html(self.store.progress(reviewer, states), reviewer,
                                            role),

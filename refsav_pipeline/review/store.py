@@ -261,6 +261,16 @@ class DecisionStore:
         states = _states(rows)
         return states[0] if states else None
 
+    def changed_since(self, seq: int) -> tuple[list[SampleKey], int]:
+        """Samples with decisions after log position ``seq``, and the latest position (writes
+        are serialized, so positions become visible in order)."""
+        with self._connect() as conn:
+            latest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM decisions").fetchone()[0]
+            rows = conn.execute(
+                "SELECT DISTINCT video_id, masklet_type, masklet_id FROM decisions "
+                "WHERE seq > ? AND seq <= ?", (seq, latest)).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows], int(latest)
+
     # -- decisions -----------------------------------------------------------------------
 
     def record(self, new: NewDecision, now: float | None = None) -> Decision:
