@@ -173,13 +173,11 @@ def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed
     """Write ``benchmark.parquet`` atomically; refuse to replace one that has ``decisions``
     (the review decisions logged for this run: the caller asks the store)."""
     path = benchmark_path(out_dir)
-    if path.exists() and not force:
-        n = decisions
-        if n:
-            raise SelectionExists(
-                f"{path} already has {n} review decisions; pass --force to replace the "
-                "selection (decisions are kept, but those on dropped or changed samples no "
-                "longer count)")
+    if path.exists() and not force and decisions:
+        raise SelectionExists(
+            f"{path} already has {decisions} review decisions; pass --force to replace the "
+            "selection (decisions are kept, but those on dropped or changed samples no "
+            "longer count)")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"seed": str(seed), "count": str(count),
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
