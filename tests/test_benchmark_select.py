@@ -29,7 +29,7 @@ from refsav_pipeline.review.select import (
     select_benchmark,
     stratum_of,
 )
-from refsav_pipeline.review.store import DecisionStore, NewDecision
+from refsav_pipeline.review.store import DecisionStore, NewDecision, count_decisions
 
 SHARES = {("manual", "small"): 0.4, ("manual", "large"): 0.2, ("auto", "medium"): 0.3,
           ("auto", "small"): 0.1}
@@ -126,7 +126,7 @@ def test_reselect_refused_once_decisions_exist(synth_root: Path, tmp_path: Path)
         video_id=s.video_id, masklet_type=s.masklet_type, masklet_id=s.masklet_id,
         sample_version=s.sample_version, reviewer="alice", action="accept"))
     with pytest.raises(SelectionExists):
-        select_and_write(out, count=6, seed=2)
+        select_and_write(out, count=6, seed=2, decisions=count_decisions(out))
     runner = CliRunner()
     refused = runner.invoke(app, ["benchmark", "select", "--out", str(out), "--count", "6"])
     assert refused.exit_code == 2 and "--force" in refused.output

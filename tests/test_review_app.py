@@ -1,5 +1,6 @@
-"""The review app in a real browser: log in, see the overlay, decide by keyboard, edit,
-conflict, reload, a second reviewer gets another sample; decisions land in SQLite."""
+"""The review app in a real browser: log in, decide by keyboard, edit, conflict, reload, a
+second reviewer; fast keys never decide an unseen object; true colours; validation notices
+that hide nothing; layout and accessibility (axe-core). Decisions land in SQLite."""
 
 from __future__ import annotations
 
@@ -8,23 +9,34 @@ import re
 import shutil
 import socket
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 from factories import write_fake_run
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from refsav_pipeline.render import decode_jpeg
 from refsav_pipeline.review.app import REJECT_REASONS, ReviewApp, wait_until_up
+from refsav_pipeline.review.media import _display_size
 from refsav_pipeline.review.paths import decisions_path
-from refsav_pipeline.review.select import select_and_write
+from refsav_pipeline.review.select import load_benchmark, select_and_write, write_selection
 from refsav_pipeline.review.store import DecisionStore, NewDecision
 from refsav_pipeline.review.users import add_user
+from refsav_pipeline.sav.decode import decode_frames
+from refsav_pipeline.sav.frames import decode_mask
+from refsav_pipeline.sav.masklets import load_annotation, masklets_of
 
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]
 SCREENSHOT_ENV = "REFSAV_REVIEW_SCREENSHOT"  # set to docs/review-app.png to refresh it
+ROOT = Path(__file__).resolve().parents[1]
+AXE = ROOT / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
 
 
 def free_port() -> int:
@@ -40,8 +52,8 @@ def served(synth_root: Path, tmp_path_factory: pytest.TempPathFactory
     write_fake_run(synth_root, out)
     select_and_write(out, count=50, seed=0, double_review=0.0)
     users = out / "users.txt"
-    add_user(users, "alice", "alice-pw", iterations=1000)
-    add_user(users, "bob", "bob-pw", iterations=1000)
+    for name in USERS:
+        add_user(users, name, f"{name}-pw", iterations=1000)
     port = free_port()
     demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     url = f"http://127.0.0.1:{port}/"
@@ -50,6 +62,17 @@ def served(synth_root: Path, tmp_path_factory: pytest.TempPathFactory
         yield url, out
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
+                               args=CHROMIUM_ARGS)
+        try:
+            yield b
+        finally:
+            b.close()
 
 
 def rows(out: Path) -> list[dict]:
@@ -61,12 +84,12 @@ def rows(out: Path) -> list[dict]:
         conn.close()
 
 
-def login(page: Page, url: str, name: str, password: str) -> None:
+def login(page: Page, url: str, name: str) -> None:
     page.goto(url)
     page.locator("input[type=text]").fill(name)
-    page.locator("input[type=password]").fill(password)
+    page.locator("input[type=password]").fill(f"{name}-pw")
     page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#rv-frame img", timeout=20_000)
+    page.wait_for_selector("#rv-frame img", timeout=30_000)
 
 
 def shown_key(page: Page) -> tuple[str, str, int]:
@@ -78,106 +101,364 @@ def shown_key(page: Page) -> tuple[str, str, int]:
 
 def wait_notice(page: Page, pattern: str) -> str:
     notice = page.locator("#rv-notice")
-    expect(notice).to_contain_text(re.compile(pattern), timeout=15_000)
+    expect(notice).to_contain_text(re.compile(pattern), timeout=20_000)
     return notice.inner_text()
 
 
 def press(page: Page, key: str) -> None:
-    page.locator("#rv-banner").click()  # focus outside every text input
+    page.locator("h1").click()  # focus outside every text input
     page.keyboard.press(key)
 
 
-def test_review_in_browser(served: tuple[str, Path], tmp_path: Path) -> None:
+def settle(page: Page) -> None:
+    """Wait until no action is pending and the page shows a sample or an empty queue."""
+    page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
+    page.wait_for_timeout(400)
+    page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
+
+
+def choose_filter(page: Page, name: str) -> None:
+    page.locator("#rv-filter input").click()
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#rv-filter input")).to_have_value(name)
+
+
+def test_review_in_browser(served: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:
     url, out = served
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
-                                     args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            login(page, url, "alice", "alice-pw")
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    login(page, url, "alice")
 
-            # the overlay frame and the 9-frame strip are real, loaded images
-            size = page.evaluate("() => { const i = document.querySelector('#rv-frame img');"
-                                 " return [i.complete, i.naturalWidth, i.naturalHeight]; }")
-            assert size[0] and size[1] > 0 and size[2] > 0
-            expect(page.locator("#rv-gallery img")).to_have_count(9)
-            src = page.locator("#rv-frame img").get_attribute("src")
-            press(page, ".")  # one annotated frame forward
-            expect(page.locator("#rv-frame img")).not_to_have_attribute("src", src)
-            assert "review/media" in (page.locator("#rv-frame img").get_attribute("src") or "")
-            expect(page.locator("#rv-progress")).to_contain_text("0 decided")
+    # the outlined frame and the 9-frame strip are real, loaded images
+    size = page.evaluate("() => { const i = document.querySelector('#rv-frame img');"
+                         " return [i.complete, i.naturalWidth, i.naturalHeight]; }")
+    assert size[0] and size[1] > 0 and size[2] > 0
+    expect(page.locator("#rv-strip img")).to_have_count(9)
+    src = page.locator("#rv-frame img").get_attribute("src")
+    press(page, ".")  # one annotated frame forward
+    expect(page.locator("#rv-frame img")).not_to_have_attribute("src", src)
+    assert "review/media" in (page.locator("#rv-frame img").get_attribute("src") or "")
+    expect(page.locator("#rv-progress")).to_contain_text("0 decided")
 
-            # 1: accept with the keyboard
-            first = shown_key(page)
-            press(page, "a")
-            wait_notice(page, r"Saved: accept #1")
-            log = rows(out)
-            assert [(r["reviewer"], r["action"]) for r in log] == [("alice", "accept")]
-            assert (log[0]["video_id"], log[0]["masklet_type"], log[0]["masklet_id"]) == first
+    # 1: accept with the keyboard
+    first = shown_key(page)
+    press(page, "a")
+    wait_notice(page, r"Saved: accept #\d+")
+    log = [r for r in rows(out) if r["reviewer"] == "alice"]
+    assert [r["action"] for r in log] == ["accept"]
+    assert (log[0]["video_id"], log[0]["masklet_type"], log[0]["masklet_id"]) == first
 
-            # 2: letters typed in text boxes are text, not shortcuts; edit + Ctrl+Enter
-            second = shown_key(page)
-            assert second != first
-            page.locator("#rv-short textarea, #rv-short input").first.click()
-            page.keyboard.type("a red box")
-            page.wait_for_timeout(300)
-            assert len(rows(out)) == 1
-            edited = "A cyan box that slides to the left <b>not bold</b>."
-            page.locator("#rv-video textarea").fill(edited)
-            page.keyboard.press("Control+Enter")
-            wait_notice(page, r"Saved: edit & accept #2")
-            second_row = rows(out)[-1]
-            assert second_row["action"] == "edit_accept"
-            assert second_row["edited_video_caption"] == edited
-            assert second_row["edited_object_caption"] is None
-            assert second_row["short_expression"] == "a red box"
+    # 2: letters typed in text boxes are text, not shortcuts; edit + Ctrl+Enter
+    second = shown_key(page)
+    assert second != first
+    page.locator("#rv-short textarea, #rv-short input").first.click()
+    page.keyboard.type("a red box")
+    page.wait_for_timeout(300)
+    assert len([r for r in rows(out) if r["reviewer"] == "alice"]) == 1
+    edited = "A cyan box that slides to the left <b>not bold</b>."
+    page.locator("#rv-video textarea").fill(edited)
+    page.keyboard.press("Control+Enter")
+    wait_notice(page, r"Saved: edit & accept")
+    second_row = rows(out)[-1]
+    assert second_row["action"] == "edit_accept"
+    assert second_row["edited_video_caption"] == edited
+    assert second_row["edited_object_caption"] is None
+    assert second_row["short_expression"] == "a red box"
 
-            # 3: reject with a reason chosen by number key
-            press(page, "2")
-            press(page, "r")
-            wait_notice(page, r"Saved: reject #3")
-            assert rows(out)[-1]["reason"] == REJECT_REASONS[1]
+    # 3: reject with a reason chosen by number key
+    press(page, "2")
+    press(page, "r")
+    wait_notice(page, r"Saved: reject")
+    assert rows(out)[-1]["reason"] == REJECT_REASONS[1]
 
-            # 4: someone else decides while alice looks: her decision is kept and flagged
-            fourth = shown_key(page)
-            s4 = next(s for s in DecisionStore.for_run(out).states() if s.key == fourth)
-            DecisionStore.for_run(out).record(NewDecision(
-                video_id=fourth[0], masklet_type=fourth[1], masklet_id=fourth[2],
-                sample_version=s4.sample_version, reviewer="bob", action="reject",
-                reason="other"))
-            press(page, "a")
-            assert "bob" in wait_notice(page, r"Conflict")
-            last = rows(out)[-1]
-            assert (last["reviewer"], last["conflict"], last["conflicts_with"]) == (
-                "alice", 1, rows(out)[-2]["seq"])
+    # 4: someone else decides while alice looks: her decision is kept and flagged
+    fourth = shown_key(page)
+    s4 = next(s for s in DecisionStore.for_run(out).states() if s.key == fourth)
+    DecisionStore.for_run(out).record(NewDecision(
+        video_id=fourth[0], masklet_type=fourth[1], masklet_id=fourth[2],
+        sample_version=s4.sample_version, reviewer="bob", action="reject", reason="other"))
+    press(page, "a")
+    assert "bob" in wait_notice(page, r"Conflict")
+    last = rows(out)[-1]
+    assert (last["reviewer"], last["conflict"], last["conflicts_with"]) == (
+        "alice", 1, rows(out)[-2]["seq"])
 
-            # reload: the session is new, the decisions are not
-            held = shown_key(page)
-            page.reload()
-            page.wait_for_selector("#rv-frame img", timeout=20_000)
-            expect(page.locator("#rv-progress")).to_contain_text("4 decided")
-            assert shown_key(page) == held  # alice's lease brings her back to it
+    # reload: the session is new, the decisions are not
+    held = shown_key(page)
+    page.reload()
+    page.wait_for_selector("#rv-frame img", timeout=30_000)
+    expect(page.locator("#rv-progress")).to_contain_text("4 decided")
+    assert shown_key(page) == held  # alice's lease brings her back to it
 
-            # a second reviewer is handed a sample nobody holds
-            bob = browser.new_page(viewport={"width": 1400, "height": 1000})
-            login(bob, url, "bob", "bob-pw")
-            assert shown_key(bob) not in {held, first, second, fourth}
-            expect(bob.locator("#rv-progress")).to_contain_text("Me (bob)")
+    # a second reviewer is handed a sample nobody holds
+    bob = browser.new_page(viewport={"width": 1400, "height": 1000})
+    login(bob, url, "bob")
+    assert shown_key(bob) not in {held, first, second, fourth}
+    expect(bob.locator("#rv-progress")).to_contain_text("Me (bob)")
+    bob.close()
 
-            # the accepted filter shows the persisted decision, texts as plain text
-            page.locator("#rv-filter input").click()
-            page.get_by_role("option", name="accepted", exact=True).click()
-            expect(page.locator("#rv-banner")).to_contain_text("Status: accepted")
-            assert shown_key(page) == first
-            expect(page.locator("#rv-history")).to_contain_text("alice")
-            page.locator("#rv-next").click()
-            expect(page.locator("#rv-video textarea")).to_have_value(edited, timeout=10_000)
-            assert page.locator("#rv-video b").count() == 0
+    # a revisit shows the text that will be exported, with alice's own edit marked
+    choose_filter(page, "accepted")
+    expect(page.locator("#rv-banner")).to_contain_text("Status: accepted")
+    assert shown_key(page) == first
+    expect(page.locator("#rv-history")).to_contain_text("alice")
+    page.locator("#rv-next").click()
+    expect(page.locator("#rv-video textarea")).to_have_value(edited, timeout=15_000)
+    expect(page.locator("#rv-video")).to_contain_text("your edit (will be exported)")
+    expect(page.locator("#rv-mine")).to_contain_text("You decided")
+    assert page.locator("#rv-video b").count() == 0
+    page.close()
 
-            shot = tmp_path / "review-app.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert 20_000 < shot.stat().st_size < 500_000
-            if os.environ.get(SCREENSHOT_ENV):
-                shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
-        finally:
-            browser.close()
+
+# key -> the actions it may record
+KEY_ACTIONS = {"a": {"accept"}, "e": {"accept", "edit_accept"}, "s": {"skip"},
+               "r": {"reject"}}
+PRESS_JS = """async ([keys, delay]) => {
+  const shown = () => {
+    const e = document.getElementById("rv-shown");
+    return e ? e.getAttribute("data-shown") : "";
+  };
+  const log = [];
+  for (const k of keys) {
+    log.push([k, shown()]);  // what is on screen at the very moment of the key press
+    document.body.dispatchEvent(new KeyboardEvent("keydown", {key: k, bubbles: true}));
+    await new Promise((r) => setTimeout(r, delay));
+  }
+  return log;
+}"""
+
+
+def token(row: dict) -> str:
+    return f"{row['video_id']}|{row['masklet_type']}|{row['masklet_id']}|{row['sample_version']}"
+
+
+@pytest.mark.parametrize("delay", [10, 50, 100])
+def test_fast_keys_decide_only_what_was_on_screen(served: tuple[str, Path], browser: Browser,
+                                                  delay: int) -> None:
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    name = {10: "carol", 50: "dave", 100: "erin"}[delay]
+    login(page, url, name)
+    choose_filter(page, "all")  # many rounds on 11 samples: do not run out of queue
+    page.wait_for_function("() => !window.rvBusy()")
+    for keys in (["a", "a"], ["a", "s"], ["a", "5", "r"], ["e", "a"]):
+        settle(page)
+        before = len(rows(out))
+        presses = page.evaluate(PRESS_JS, [keys, delay])
+        settle(page)
+        new = [r for r in rows(out)[before:] if r["reviewer"] == name]
+        assert new, f"{keys}: the first key recorded nothing"
+        assert len(new) <= sum(k in KEY_ACTIONS for k in keys)
+        for r in new:
+            seen = {shown for k, shown in presses if r["action"] in KEY_ACTIONS.get(k, ())}
+            assert token(r) in seen, (keys, delay, r, presses)
+        # the first key decided the object on screen when it was pressed
+        assert token(new[0]) == presses[0][1]
+    page.close()
+
+
+def test_server_refuses_what_the_page_did_not_show(served: tuple[str, Path],
+                                                   browser: Browser) -> None:
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(page, url, "frank")
+    choose_filter(page, "all")
+    settle(page)
+    # two buttons clicked 10 ms apart, past the key guard: the second names the object on
+    # screen too, so it is refused (or dropped by the page): never a decision on the next one
+    before = len(rows(out))
+    shown = page.evaluate("""async () => {
+      const s = document.getElementById("rv-shown").getAttribute("data-shown");
+      document.getElementById("rv-accept").click();
+      await new Promise((r) => setTimeout(r, 10));
+      document.getElementById("rv-skip").click();
+      return s;
+    }""")
+    settle(page)
+    page.wait_for_timeout(1000)
+    new = rows(out)[before:]
+    assert [(r["action"], token(r)) for r in new] == [("accept", shown)]
+    # a version the server does not have open: refused, visibly, nothing recorded
+    settle(page)
+    page.evaluate("""() => { const e = document.getElementById("rv-shown");
+      e.setAttribute("data-shown", e.getAttribute("data-shown").replace(/\\|[^|]*$/, "|old"));
+    }""")
+    before = len(rows(out))
+    page.locator("#rv-accept").click()
+    text = wait_notice(page, r"Not recorded: the key was pressed on")
+    assert "moved on to" in text
+    page.wait_for_timeout(500)
+    assert len(rows(out)) == before
+    expect(page.locator("#rv-notice")).to_be_visible()
+    page.close()
+
+
+def test_reject_without_reason_hides_nothing(served: tuple[str, Path],
+                                             browser: Browser) -> None:
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(page, url, "alice")
+    choose_filter(page, "all")
+    settle(page)
+    key = shown_key(page)
+    src = page.locator("#rv-frame img").get_attribute("src")
+    text = page.locator("#rv-video textarea").input_value()
+    before = len(rows(out))
+    press(page, "r")
+    notice = page.locator("#rv-notice")
+    expect(notice).to_contain_text("Choose a reject reason first")
+    # the notice sits beside the buttons; image, captions and reasons stay as they were
+    box = notice.bounding_box()
+    accept = page.locator("#rv-accept").bounding_box()
+    assert box and accept and abs(box["y"] - accept["y"]) < accept["height"]
+    for sel in ("#rv-frame img", "#rv-video textarea", "#rv-reason"):
+        other = page.locator(sel).bounding_box()
+        assert other and (box["y"] + box["height"] <= other["y"]
+                          or other["y"] + other["height"] <= box["y"]), sel
+    assert page.locator("#rv-frame img").get_attribute("src") == src
+    assert page.locator("#rv-video textarea").input_value() == text
+    assert shown_key(page) == key and len(rows(out)) == before
+    expect(page.locator(".toast-wrap .toast-body, .error")).to_have_count(0)
+    page.locator("#rv-reason label").nth(2).click()  # nothing intercepts the click
+    press(page, "r")
+    wait_notice(page, r"Saved: reject")
+    assert rows(out)[-1]["reason"] == REJECT_REASONS[2]
+    page.close()
+
+
+def _source_view(sav_root: Path, out: Path, key: tuple[str, str, int]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """The source frame at the sample's max-area frame, at display size, and its mask."""
+    s = next(x for x in load_benchmark(out) if x.key == key)
+    ann = load_annotation(sav_root / s.anno_path, s.video_id)
+    m = next(m for m in masklets_of(ann, s.masklet_type) if m.masklet_id == s.masklet_id)
+    frame = decode_frames(sav_root / s.video_path, [s.max_area_frame],
+                          video_id=s.video_id).frames[s.max_area_frame]
+    size = _display_size(s.width, s.height)
+    frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+    mask = cv2.resize(decode_mask(m, s.max_area_frame).astype(np.uint8), size,
+                      interpolation=cv2.INTER_NEAREST)
+    return frame, mask.astype(bool)
+
+
+def test_main_view_shows_true_colours(served: tuple[str, Path], browser: Browser,
+                                      synth_root: Path) -> None:
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    login(page, url, "bob")
+    choose_filter(page, "all")
+    settle(page)
+    key = shown_key(page)
+    frame, mask = _source_view(synth_root, out, key)
+    inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+    assert inside.sum() > 50
+
+    def shown_pixels() -> np.ndarray:
+        src = page.locator("#rv-frame img").get_attribute("src")
+        body = page.request.get(url + src).body()  # the bytes the browser displays
+        image = decode_jpeg(body)
+        assert image.shape == frame.shape
+        return image
+
+    diff = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
+    assert diff < 6, f"object pixels differ from the source frame by {diff:.1f} on average"
+    assert not page.locator("#rv-tint input").is_checked()  # the tint is off by default
+    src = page.locator("#rv-frame img").get_attribute("src")
+    page.locator("#rv-tint input").check()
+    expect(page.locator("#rv-frame img")).not_to_have_attribute("src", src)
+    tinted = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
+    assert tinted > 3 * max(diff, 2.0)  # the check above would catch a tint
+    page.locator("#rv-tint input").uncheck()
+    expect(page.locator("#rv-frame img")).to_have_attribute("src", src)
+    page.close()
+
+
+def _axe_path() -> Path:
+    """axe-core from the npm registry, installed by scripts/setup-axe (run here if needed)."""
+    if not AXE.is_file():
+        done = subprocess.run(["bash", str(ROOT / "scripts" / "setup-axe")],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"scripts/setup-axe failed: {done.stderr[-2000:]}"
+    assert AXE.is_file(), f"axe-core missing at {AXE} (scripts/setup-axe)"
+    return AXE
+
+
+def test_layout_and_accessibility(served: tuple[str, Path], browser: Browser,
+                                  tmp_path: Path) -> None:
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    login(page, url, "carol")
+    settle(page)
+    expect(page.locator("h1")).to_have_count(1)
+    missing_alt = page.evaluate("() => [...document.images].filter(i => !i.alt).length")
+    assert missing_alt == 0
+    # all 9 thumbnails (max-area + 8 sampled) inside 1280 px, each label under its image
+    thumbs = page.locator("#rv-strip figure")
+    expect(thumbs).to_have_count(9)
+    for i in range(9):
+        img = thumbs.nth(i).locator("img").bounding_box()
+        cap = thumbs.nth(i).locator("figcaption").bounding_box()
+        assert img and cap and img["width"] > 60
+        assert img["x"] >= 0 and img["x"] + img["width"] <= 1280
+        assert cap["y"] >= img["y"] + img["height"] - 0.5  # beside, not over, the image
+    # Accept within a few Tab stops from the top of the page
+    page.locator("h1").click()
+    stops = []
+    while len(stops) < 3 and (not stops or stops[-1] != "rv-accept"):
+        page.keyboard.press("Tab")
+        stops.append(page.evaluate("() => document.activeElement && document.activeElement.id"))
+    assert stops[-1] == "rv-accept", f"Accept not reached within 3 Tab stops: {stops}"
+    # axe-core: no critical or serious violations
+    page.add_script_tag(path=str(_axe_path()))
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    bad = [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+           for v in result["violations"] if v["impact"] in ("critical", "serious")]
+    assert not bad, bad
+    shot = tmp_path / "review-app.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert 20_000 < shot.stat().st_size < 1_500_000
+    if os.environ.get(SCREENSHOT_ENV):
+        shutil.copyfile(shot, os.environ[SCREENSHOT_ENV])
+    page.close()
+
+
+def test_adjudicator_sees_both_decisions_side_by_side(synth_root: Path, browser: Browser,
+                                                      tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    samples = [s.model_copy(update={"double_review": i < 2}) for i, s in enumerate(samples)]
+    write_selection(out, samples, seed=0, count=50, force=True)
+    s0 = load_benchmark(out)[0]
+    where = dict(video_id=s0.video_id, masklet_type=s0.masklet_type, masklet_id=s0.masklet_id,
+                 sample_version=s0.sample_version)
+    store = DecisionStore.for_run(out)
+    store.record(NewDecision(**where, reviewer="alice", action="edit_accept",
+                             edited_video_caption="Alice <i>says</i> it moves left."))
+    store.record(NewDecision(**where, reviewer="bob", action="reject",
+                             reason=REJECT_REASONS[2], note="it moves right"))
+    users = out / "users.txt"
+    add_user(users, "judy", "judy-pw", iterations=1000, role="adjudicator")
+    port = free_port()
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        login(page, url, "judy")
+        choose_filter(page, "adjudication (my queue)")
+        sides = page.locator("#rv-compare .rv-side")
+        expect(sides).to_have_count(2, timeout=20_000)
+        left, right = sides.nth(0), sides.nth(1)
+        expect(left).to_contain_text("Alice <i>says</i> it moves left.")  # as text
+        expect(right).to_contain_text("it moves right")
+        expect(right).to_contain_text(REJECT_REASONS[2])
+        a, b = left.bounding_box(), right.bounding_box()
+        assert a and b and abs(a["y"] - b["y"]) < 2 and a["x"] + a["width"] <= b["x"]
+        assert shown_key(page) == s0.key
+        press(page, "a")
+        wait_notice(page, r"\(adjudication\)")
+        last = store.decisions(s0.key)[-1]
+        assert (last.reviewer, last.action, last.adjudicates) == ("judy", "accept", True)
+        page.close()
+    finally:
+        demo.close()

@@ -1,4 +1,4 @@
-"""Benchmark selection and human review (issue 5).
+"""Benchmark selection and human review.
 
 Public entry points for other parts: ``benchmark_video_ids`` (videos the training export
 must drop) and ``load_validated`` (the reviewed benchmark for the Sa2VA export).

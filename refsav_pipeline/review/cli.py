@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from refsav_pipeline.cli_common import run_folder
+from refsav_pipeline.cli_common import fail, run_folder
 
 benchmark_app = typer.Typer(help="Choose the benchmark subset (whole videos, held out of "
                                  "training).", no_args_is_help=True)
@@ -42,15 +42,16 @@ def select_cmd(
     """Pick whole videos of `ok` rows, stratified by masklet type and size bucket."""
     from refsav_pipeline.review.paths import benchmark_path
     from refsav_pipeline.review.select import SelectionExists, select_and_write
+    from refsav_pipeline.review.store import count_decisions
     from refsav_pipeline.sav.chunks import parse_chunks
 
     out = run_folder(out)
     try:
         chunk_list = None if chunks is None else parse_chunks(chunks)
-        samples = select_and_write(out, count, seed, double_review, force, chunk_list)
+        samples = select_and_write(out, count, seed, double_review, force, chunk_list,
+                                   decisions=count_decisions(out))
     except (SelectionExists, ValueError) as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     videos = len({s.video_id for s in samples})
     typer.echo(f"{len(samples)} objects from {videos} videos -> {benchmark_path(out)}")
     for stratum, n in sorted(Counter(s.stratum for s in samples).items()):
@@ -64,9 +65,8 @@ def _serve(out: Path, host: str, port: int | None, users: Path | None) -> None:
 
     out = run_folder(out)
     if users is not None and not users.is_file():
-        typer.echo(f"error: users file {users} not found (create it with "
-                   "`refsav review add-user`)", err=True)
-        raise typer.Exit(2)
+        raise fail(f"users file {users} not found (create it with "
+                   "`refsav review add-user`)")
     serve(out, host, port, users)
 
 
@@ -103,7 +103,8 @@ def serve_cmd(
 def stats_cmd(out: Out,
               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
               ) -> None:
-    """Progress, agreement (Cohen's kappa) and per-reviewer throughput."""
+    """Progress, agreement over the double-review samples (Cohen's kappa for two raters,
+    Krippendorff's alpha for more) and per-reviewer throughput."""
     from refsav_pipeline.review.stats import review_stats
 
     stats = review_stats(run_folder(out))
@@ -114,10 +115,12 @@ def stats_cmd(out: Out,
     typer.echo(f"samples: {p.total}  decided: {p.done} (accepted {p.accepted}, rejected "
                f"{p.rejected})  reviews: {p.reviews_done}/{p.reviews_needed}  "
                f"conflicts: {p.conflicts}")
-    kappa = "n/a" if a.kappa is None else f"{a.kappa:.3f}"
+    value = "n/a" if a.value is None else f"{a.value:.3f}"
     observed = "n/a" if a.observed is None else f"{a.observed:.1%}"
-    typer.echo(f"agreement: kappa {kappa} on {a.doubly_reviewed} doubly-reviewed samples "
-               f"(observed {observed})")
+    name = "Cohen's kappa" if a.measure == "kappa" else "Krippendorff's alpha"
+    typer.echo(f"agreement: {name} {value} on {a.doubly_reviewed} of "
+               f"{a.double_review_samples} double-review samples (observed {observed}, "
+               f"up to {a.max_raters} raters)")
     typer.echo(f"{'reviewer':<20}{'decisions':>10}{'accept':>8}{'reject':>8}{'edited':>8}"
                f"{'skip':>6}{'active h':>10}{'per hour':>10}")
     for r in stats.reviewers:
@@ -128,14 +131,22 @@ def stats_cmd(out: Out,
 
 @review_app.command("export")
 def export_cmd(out: Out) -> None:
-    """Write the validated benchmark to <out>/review/validated.parquet."""
-    from refsav_pipeline.review.export import export_validated
+    """Write the validated benchmark to <out>/review/validated.parquet. Samples with text
+    over the limits are left out with the reason (exit 1); disputed double-review samples wait
+    for adjudication."""
+    from refsav_pipeline.review.export import export_report
 
-    path, rows = export_validated(run_folder(out))
+    path, rows, refused, disputed = export_report(run_folder(out))
     long_ok = sum(r.long_accepted for r in rows)
     shorts = sum(len(r.short_expressions) for r in rows)
+    for r in refused:
+        typer.echo(f"error: {r.video_id} {r.masklet_type} {r.masklet_id} left out: {r.reason}",
+                   err=True)
     typer.echo(json.dumps({"path": str(path), "long_accepted": long_ok,
-                           "short_expressions": shorts, "rows": len(rows)}))
+                           "short_expressions": shorts, "rows": len(rows),
+                           "refused": len(refused), "awaiting_adjudication": disputed}))
+    if refused:
+        raise typer.Exit(1)
 
 
 @review_app.command("add-user")
@@ -145,8 +156,12 @@ def add_user_cmd(
     name: Annotated[str, typer.Argument(help="Reviewer name (letters, digits, _ . @ -).")],
     password_stdin: Annotated[bool, typer.Option(
         "--password-stdin", help="Read the password from the first line of stdin.")] = False,
+    role: Annotated[str | None, typer.Option(
+        "--role", help="reviewer or adjudicator (default: keep the user's role, or "
+                       "reviewer for a new user).")] = None,
 ) -> None:
-    """Add a reviewer or change their password; only a salted PBKDF2 hash is stored."""
+    """Add a reviewer or change their password or role; only a salted PBKDF2 hash is
+    stored."""
     from refsav_pipeline.review.users import add_user
 
     if password_stdin or not sys.stdin.isatty():
@@ -154,8 +169,7 @@ def add_user_cmd(
     else:
         password = typer.prompt("Password", hide_input=True, confirmation_prompt=True)
     try:
-        existed = add_user(users, name, password)
+        existed = add_user(users, name, password, role=role)
     except ValueError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from exc
+        raise fail(str(exc)) from exc
     typer.echo(f"{'updated' if existed else 'added'} {name} in {users}")

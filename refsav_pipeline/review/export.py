@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import ConfigDict
+from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline.pipeline.plan import write_atomic
 from refsav_pipeline.records import MASKLET_FIELDS, MaskletLocation, masklet_location
+from refsav_pipeline.review.consensus import CAPTION_FIELDS, consensus
+from refsav_pipeline.review.limits import first_too_long, too_long
 from refsav_pipeline.review.paths import validated_path
 from refsav_pipeline.review.select import load_benchmark
-from refsav_pipeline.review.store import ACCEPTING, DecisionStore
+from refsav_pipeline.review.store import Decision, DecisionStore
 
 
 class ValidatedSample(MaskletLocation):
@@ -57,55 +59,71 @@ VALIDATED_SCHEMA = pa.schema([
 ])
 
 
-def validated_samples(out_dir: str | Path) -> list[ValidatedSample]:
-    """Derive the validated rows from the selection and the log (current versions only).
+class ExportRefusal(BaseModel):
+    """A sample left out of the export, and why (the others are still written)."""
 
-    Status follows the latest accept/reject; each final text is the latest edit of it among
-    accepting decisions (a second reviewer's plain accept keeps the first one's fix).
+    video_id: str
+    masklet_type: str
+    masklet_id: int
+    reason: str
+
+
+def validated_samples(out_dir: str | Path) -> tuple[list[ValidatedSample], list[ExportRefusal],
+                                                     int]:
+    """Derive the validated rows from the selection and the log (current versions only), as
+    ``consensus`` defines them: (rows, refused rows, disputed samples awaiting adjudication).
+
+    A row with text over the limits is refused whole, with the reason: oversized text never
+    reaches the benchmark, whoever wrote it.
     """
     store = DecisionStore.for_run(out_dir)
     samples = load_benchmark(out_dir)
-    by_key: dict[tuple, list] = defaultdict(list)
+    by_key: dict[tuple, list[Decision]] = defaultdict(list)
     for d in store.decisions():
-        if d.action != "skip":
-            by_key[d.key].append(d)
-    out = []
+        by_key[d.key].append(d)
+    out: list[ValidatedSample] = []
+    refused: list[ExportRefusal] = []
+    disputed = 0
     for s in samples:
-        ds = [d for d in by_key[s.key] if d.sample_version == s.sample_version]
-        if not ds:
+        c = consensus(s, by_key[s.key])
+        if c.status == "disputed":
+            disputed += 1
             continue
-        accepted = ds[-1].action in ACCEPTING
-        shorts = list(dict.fromkeys(d.short_expression.strip() for d in ds
-                                    if d.short_expression and d.short_expression.strip()))
-        if not accepted and not shorts:
+        accepted = c.status == "accepted"
+        if c.status == "pending" or (not accepted and not c.short_expressions):
             continue
-        texts = {"object_caption": s.object_caption, "scene_caption": s.scene_caption,
-                 "video_caption": s.video_caption}
-        for d in ds:
-            if d.action in ACCEPTING:
-                for field in texts:
-                    edit = getattr(d, f"edited_{field}")
-                    if edit is not None and edit.strip():
-                        texts[field] = edit.strip()
-        edited = accepted and any(texts[f] != getattr(s, f) for f in texts)
-        final: dict[str, str | None] = dict(texts) if accepted else dict.fromkeys(texts)
+        problem = first_too_long(c.texts if accepted else {}) or next(
+            (m for x in c.short_expressions if (m := too_long("short_expression", x))), None)
+        if problem:
+            refused.append(ExportRefusal(video_id=s.video_id, masklet_type=s.masklet_type,
+                                         masklet_id=s.masklet_id, reason=problem))
+            continue
+        edited = accepted and any(c.texts[f] != getattr(s, f) for f in CAPTION_FIELDS)
+        final: dict[str, str | None] = dict(c.texts) if accepted else dict.fromkeys(c.texts)
         out.append(ValidatedSample(
             **masklet_location(s.model_dump()), long_accepted=accepted, **final, edited=edited,
-            short_expressions=shorts, reviewers=sorted({d.reviewer for d in ds}),
-            decision_seqs=[d.seq for d in ds], sample_version=s.sample_version,
+            short_expressions=c.short_expressions, reviewers=c.reviewers,
+            decision_seqs=c.decision_seqs, sample_version=s.sample_version,
             config_fingerprint=s.config_fingerprint))
-    return out
+    return out, refused, disputed
 
 
 def export_validated(out_dir: str | Path) -> tuple[Path, list[ValidatedSample]]:
-    rows = validated_samples(out_dir)
+    path, rows, _, _ = export_report(out_dir)
+    return path, rows
+
+
+def export_report(out_dir: str | Path
+                  ) -> tuple[Path, list[ValidatedSample], list[ExportRefusal], int]:
+    """Write ``validated.parquet``; also returns the refused rows and the disputed count."""
+    rows, refused, disputed = validated_samples(out_dir)
     table = pa.Table.from_pylist([r.model_dump() for r in rows], schema=VALIDATED_SCHEMA)
     buf = io.BytesIO()
     pq.write_table(table, buf)
     path = validated_path(out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, buf.getvalue())
-    return path, rows
+    return path, rows, refused, disputed
 
 
 def load_validated(out_dir: str | Path) -> list[ValidatedSample]:

@@ -1,9 +1,11 @@
 """Review media, rendered lazily per video and cached on disk under ``<out>/review/media/``.
 
 Opening a sample decodes only its video's annotated frames (one pass, shared by the video's
-benchmark objects, which are adjacent in review order) and writes, per object: a translucent
-mask overlay for every annotated frame (the scrubber), the 8 sampled frames with the yellow
-boxes the video-level model saw, the max-area frame with the yellow contour, and a 6 fps clip.
+benchmark objects, which are adjacent in review order) and writes, per object: every annotated
+frame with the object outlined just outside its mask (the scrubber and the 6 fps clip), so each
+object pixel keeps its true colour (colour is an acceptance criterion); the same frames with a
+translucent tint, for the switch that is off by default; the 8 sampled frames with the yellow
+boxes the video-level model saw; and the max-area frame with the yellow contour.
 A finished object folder is renamed into place whole, so readers never see half of one.
 """
 
@@ -33,15 +35,19 @@ from refsav_pipeline.sav.synth import write_mp4
 DISPLAY_SIDE = 960
 OVERLAY_RGB = (0, 190, 255)
 OVERLAY_ALPHA = 0.45
+OUTLINE_RGB = (255, 214, 0)
+OUTLINE_PX = 3  # ring width outside the mask; its outermost pixel is dark, for contrast
 CLIP_FPS = 6  # annotated frames are 6 fps
 INDEX_FILE = "media.json"
+MEDIA_FORMAT = "v2"  # bump when what is drawn changes: old caches are then re-rendered
 
 
 class SampleMedia(BaseModel):
     """Paths (absolute) of one object's review images; frame numbers are 24 fps indices."""
 
     frames: list[int]  # annotated video frames, scrubber order
-    overlays: list[str]  # one per frame
+    overlays: list[str]  # one per frame: outline only, object pixels untouched
+    tinted: list[str] = []  # one per frame: translucent tint (switched off by default)
     sampled: list[tuple[str, str]]  # (path, caption) of the boxed frames, in time order
     max_area: str
     max_area_frame: int
@@ -50,14 +56,27 @@ class SampleMedia(BaseModel):
 
 def object_dir(out_dir: str | Path, key: SampleKey) -> Path:
     video_id, masklet_type, masklet_id = key
-    return media_dir(out_dir) / video_id / f"{masklet_type}-{masklet_id}"
+    return media_dir(out_dir) / MEDIA_FORMAT / video_id / f"{masklet_type}-{masklet_id}"
+
+
+def outline(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """A ring drawn just outside the mask: every object pixel keeps its true colour."""
+    kernel = np.ones((3, 3), np.uint8)
+    m = mask.astype(np.uint8)
+    inner = cv2.dilate(m, kernel, iterations=OUTLINE_PX - 1).astype(bool)
+    outer = cv2.dilate(m, kernel, iterations=OUTLINE_PX).astype(bool)
+    out = frame.copy()
+    out[outer & ~inner] = (0, 0, 0)
+    out[inner & ~mask] = OUTLINE_RGB
+    return out
 
 
 def overlay(frame: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Translucent fill plus yellow outline: the object stands out, its pixels stay visible."""
+    """Translucent tint plus the outline: easier to find a small object, but the tint changes
+    its colour, so the app shows it only when switched on."""
     out = frame.astype(np.float32)
     out[mask] = (1 - OVERLAY_ALPHA) * out[mask] + OVERLAY_ALPHA * np.array(OVERLAY_RGB)
-    return contour_image(out.astype(np.uint8), mask, thickness=2)
+    return outline(out.astype(np.uint8), mask)
 
 
 def _display_size(width: int, height: int) -> tuple[int, int]:
@@ -137,12 +156,14 @@ class MediaCache:
             (tmp / name).write_bytes(encode_jpeg(image, max_side=DISPLAY_SIDE, quality=85))
             return str(final / name)
 
-        overlays, shown, clip_frames = [], [], []
+        overlays, tinted, shown, clip_frames = [], [], [], []
         for vf in wanted:
             if vf // ANNOTATION_STRIDE >= len(m.rles):
                 continue
-            image = overlay(frames[vf], mask_at(vf))
-            overlays.append(write(f"overlay_{vf:05d}.jpg", image))
+            mask = mask_at(vf)
+            image = outline(frames[vf], mask)
+            overlays.append(write(f"outline_{vf:05d}.jpg", image))
+            tinted.append(write(f"tint_{vf:05d}.jpg", overlay(frames[vf], mask)))
             shown.append(vf)
             clip_frames.append(image)
         sampled = []
@@ -160,7 +181,8 @@ class MediaCache:
             clip = str(final / "clip.mp4")
         except Exception:  # noqa: BLE001 - the clip is a convenience; frames still work
             clip = None
-        media = SampleMedia(frames=shown, overlays=overlays, sampled=sampled, max_area=max_path,
+        media = SampleMedia(frames=shown, overlays=overlays, tinted=tinted, sampled=sampled,
+                            max_area=max_path,
                             max_area_frame=s.max_area_frame, clip=clip)
         (tmp / INDEX_FILE).write_text(json.dumps(media.model_dump()))
         try:

@@ -180,18 +180,16 @@ def samples_to_table(samples: list[BenchmarkSample], meta: dict[str, str] | None
 
 
 def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed: int,
-                    count: int, force: bool = False, chunks: list[str] | None = None) -> Path:
-    """Write ``benchmark.parquet`` atomically; refuse to replace one that has decisions."""
-    from refsav_pipeline.review.store import count_decisions
-
+                    count: int, force: bool = False, chunks: list[str] | None = None,
+                    decisions: int = 0) -> Path:
+    """Write ``benchmark.parquet`` atomically; refuse to replace one that has ``decisions``
+    (the review decisions logged for this run: the caller asks the store)."""
     path = benchmark_path(out_dir)
-    if path.exists() and not force:
-        n = count_decisions(out_dir)
-        if n:
-            raise SelectionExists(
-                f"{path} already has {n} review decisions; pass --force to replace the "
-                "selection (decisions are kept, but those on dropped or changed samples no "
-                "longer count)")
+    if path.exists() and not force and decisions:
+        raise SelectionExists(
+            f"{path} already has {decisions} review decisions; pass --force to replace the "
+            "selection (decisions are kept, but those on dropped or changed samples no "
+            "longer count)")
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"seed": str(seed), "count": str(count),
             "created": datetime.now(UTC).isoformat(timespec="seconds")}
@@ -205,9 +203,11 @@ def write_selection(out_dir: str | Path, samples: list[BenchmarkSample], *, seed
 
 def select_and_write(out_dir: str | Path, count: int = 2000, seed: int = 0,
                      double_review: float = 0.1, force: bool = False,
-                     chunks: list[str] | None = None) -> list[BenchmarkSample]:
+                     chunks: list[str] | None = None, decisions: int = 0
+                     ) -> list[BenchmarkSample]:
     samples = select_benchmark(read_rows(out_dir), count, seed, double_review, chunks)
-    write_selection(out_dir, samples, seed=seed, count=count, force=force, chunks=chunks)
+    write_selection(out_dir, samples, seed=seed, count=count, force=force, chunks=chunks,
+                    decisions=decisions)
     return samples
 
 

@@ -30,11 +30,44 @@ def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
     return (observed - expected) / (1 - expected)
 
 
+def krippendorff_alpha(units: list[list[str]]) -> float | None:
+    """Krippendorff's alpha for nominal labels; each unit lists the labels it got (any number
+    of raters, missing ratings allowed: units with fewer than two labels do not count).
+    ``None`` when undefined (no pairable labels, or only one label value in use)."""
+    coincidence: dict[tuple[str, str], float] = defaultdict(float)
+    for labels in units:
+        m = len(labels)
+        if m < 2:
+            continue
+        for i, a in enumerate(labels):
+            for j, b in enumerate(labels):
+                if i != j:
+                    coincidence[(a, b)] += 1 / (m - 1)
+    totals: dict[str, float] = defaultdict(float)
+    for (a, _), v in coincidence.items():
+        totals[a] += v
+    n = sum(totals.values())
+    if n <= 1:
+        return None
+    observed = sum(v for (a, b), v in coincidence.items() if a != b)
+    expected = sum(totals[a] * totals[b] for a in totals for b in totals if a != b)
+    if expected == 0:
+        return None
+    return 1 - (n - 1) * observed / expected
+
+
 class Agreement(BaseModel):
-    doubly_reviewed: int  # samples with accept/reject decisions from two or more people
-    agreements: int
+    """Agreement on accept vs reject over the designated double-review samples only."""
+
+    double_review_samples: int  # designated in the selection
+    doubly_reviewed: int  # of those, decided by two or more people
+    agreements: int  # first two reviewers agree
     observed: float | None
-    kappa: float | None  # Cohen's kappa on accept vs reject, first two reviewers per sample
+    max_raters: int  # most reviewers on one sample
+    kappa: float | None  # Cohen's kappa, first two reviewers per sample
+    alpha: float | None  # Krippendorff's alpha, every reviewer
+    measure: str  # "kappa" when no sample has more than two raters, else "alpha"
+    value: float | None  # the reported figure (kappa or alpha)
 
 
 class ReviewerStats(BaseModel):
@@ -55,26 +88,27 @@ class ReviewStats(BaseModel):
     reviewers: list[ReviewerStats]
 
 
-def agreement(decisions: list[Decision], current: dict[tuple, str]) -> Agreement:
-    """``current``: sample key -> current version; only decisions on it count."""
-    latest: dict[tuple, dict[str, Decision]] = defaultdict(dict)
-    first_seen: dict[tuple, dict[str, int]] = defaultdict(dict)
+def agreement(decisions: list[Decision], current: dict[tuple, str],
+              double: set[tuple]) -> Agreement:
+    """``current``: sample key -> current version; ``double``: the designated double-review
+    samples. Only their decisions on the current version count (skips and adjudications do
+    not); each reviewer's latest decision is their label."""
+    latest: dict[tuple, dict[str, str]] = defaultdict(dict)
     for d in decisions:
-        if d.action == "skip" or current.get(d.key) != d.sample_version:
+        if (d.action == "skip" or d.adjudicates or d.key not in double
+                or current.get(d.key) != d.sample_version):
             continue
-        latest[d.key][d.reviewer] = d
-        first_seen[d.key].setdefault(d.reviewer, d.seq)
-    pairs = []
-    for key, by_reviewer in latest.items():
-        if len(by_reviewer) < 2:
-            continue
-        a, b = sorted(by_reviewer, key=lambda r: first_seen[key][r])[:2]
-        pairs.append(tuple("accept" if by_reviewer[r].action in ACCEPTING else "reject"
-                           for r in (a, b)))
+        latest[d.key][d.reviewer] = "accept" if d.action in ACCEPTING else "reject"
+    units = [list(by.values()) for by in latest.values() if len(by) >= 2]
+    pairs = [(u[0], u[1]) for u in units]
     agree = sum(a == b for a, b in pairs)
-    return Agreement(doubly_reviewed=len(pairs), agreements=agree,
-                     observed=agree / len(pairs) if pairs else None,
-                     kappa=cohen_kappa(pairs))
+    max_raters = max((len(u) for u in units), default=0)
+    kappa, alpha = cohen_kappa(pairs), krippendorff_alpha(units)
+    measure = "alpha" if max_raters > 2 else "kappa"
+    return Agreement(double_review_samples=len(double), doubly_reviewed=len(pairs),
+                     agreements=agree, observed=agree / len(pairs) if pairs else None,
+                     max_raters=max_raters, kappa=kappa, alpha=alpha, measure=measure,
+                     value=alpha if measure == "alpha" else kappa)
 
 
 def throughput(decisions: list[Decision], idle_cap: float = IDLE_CAP_S) -> list[ReviewerStats]:
@@ -103,5 +137,7 @@ def review_stats(out_dir: str | Path, reviewer: str = "") -> ReviewStats:
     samples = load_benchmark(out_dir)
     decisions = store.decisions()
     current = {s.key: s.sample_version for s in samples}
-    return ReviewStats(progress=store.progress(reviewer), agreement=agreement(decisions, current),
+    double = {s.key for s in samples if s.double_review}
+    return ReviewStats(progress=store.progress(reviewer),
+                       agreement=agreement(decisions, current, double),
                        reviewers=throughput(decisions))

@@ -7,14 +7,19 @@ outdated view is stored anyway and flagged as a conflict, and decisions carry th
 version (a hash of the captions they judged) so a re-run with new captions makes them stale
 instead of silently applying them to different text. ``samples`` and ``leases`` are the only
 mutable tables: a mirror of ``benchmark.parquet`` for SQL, and the soft locks of the queue.
+An adjudicator's decision (``adjudicates``) settles a double-review sample whose two reviewers
+disagreed; what counts as settled is derived in ``consensus``, never stored.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
@@ -22,8 +27,9 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from refsav_pipeline.records import SampleKey
+from refsav_pipeline.review.limits import MAX_CHARS
 from refsav_pipeline.review.paths import decisions_path
-from refsav_pipeline.review.select import BenchmarkSample
+from refsav_pipeline.review.select import BenchmarkSample, load_benchmark
 
 Action = Literal["accept", "reject", "edit_accept", "skip"]
 ACTIONS: tuple[str, ...] = ("accept", "reject", "edit_accept", "skip")
@@ -51,7 +57,9 @@ CREATE TABLE IF NOT EXISTS decisions (
     short_expression TEXT,
     base_seq INTEGER,
     conflict INTEGER NOT NULL DEFAULT 0,
-    conflicts_with INTEGER
+    conflicts_with INTEGER,
+    note TEXT,
+    adjudicates INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS decisions_by_sample
     ON decisions (video_id, masklet_type, masklet_id, sample_version, seq);
@@ -82,16 +90,15 @@ _KEY_MATCH = ("d.video_id = s.video_id AND d.masklet_type = s.masklet_type "
               "AND d.masklet_id = s.masklet_id AND d.sample_version = s.sample_version "
               "AND d.action != 'skip'")
 
-# one row per sample: its latest real decision on the current version and how many reviewed it
+# every sample with its real decisions on the current version, in order: one pass, one query
 _STATE_SQL = f"""
 SELECT s.video_id, s.masklet_type, s.masklet_id, s.sample_version, s.position, s.needs,
-       (SELECT d.action FROM decisions d WHERE {_KEY_MATCH} ORDER BY d.seq DESC LIMIT 1),
-       (SELECT d.seq FROM decisions d WHERE {_KEY_MATCH} ORDER BY d.seq DESC LIMIT 1),
-       (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d WHERE {_KEY_MATCH}),
-       (SELECT group_concat(DISTINCT d.reviewer) FROM decisions d WHERE {_KEY_MATCH}),
-       (SELECT MAX(d.conflict) FROM decisions d WHERE {_KEY_MATCH})
-FROM samples s
+       d.action, d.seq, d.reviewer, d.conflict
+FROM samples s LEFT JOIN decisions d ON {_KEY_MATCH}
 """
+
+# columns added after the first release: (name, definition) for ALTER TABLE on old files
+_ADDED_COLUMNS = (("note", "TEXT"), ("adjudicates", "INTEGER NOT NULL DEFAULT 0"))
 
 
 class NewDecision(BaseModel):
@@ -108,12 +115,14 @@ class NewDecision(BaseModel):
     sample_version: str
     reviewer: str = Field(pattern=r"^[^,\s][^,\n]{0,63}$")  # no commas: listed comma-joined
     action: Action
-    reason: str | None = None
-    edited_object_caption: str | None = None
-    edited_scene_caption: str | None = None
-    edited_video_caption: str | None = None
-    short_expression: str | None = None
+    reason: str | None = Field(None, max_length=MAX_CHARS["reason"])
+    edited_object_caption: str | None = Field(None, max_length=MAX_CHARS["object_caption"])
+    edited_scene_caption: str | None = Field(None, max_length=MAX_CHARS["scene_caption"])
+    edited_video_caption: str | None = Field(None, max_length=MAX_CHARS["video_caption"])
+    short_expression: str | None = Field(None, max_length=MAX_CHARS["short_expression"])
     base_seq: int | None = None
+    note: str | None = Field(None, max_length=MAX_CHARS["note"])
+    adjudicates: bool = False  # an adjudicator settling a disagreement
 
     @property
     def key(self) -> SampleKey:
@@ -128,8 +137,10 @@ class Decision(NewDecision):
     conflicts_with: int | None = None
 
 
-class SampleState(BaseModel):
-    """A sample's state derived from the log (skips do not count as reviews)."""
+@dataclass(slots=True)
+class SampleState:
+    """A sample's state derived from the log (skips do not count as reviews). A plain
+    dataclass: every action derives all of them from our own table, so no validation."""
 
     video_id: str
     masklet_type: str
@@ -145,6 +156,10 @@ class SampleState(BaseModel):
     @property
     def key(self) -> SampleKey:
         return (self.video_id, self.masklet_type, self.masklet_id)
+
+    @property
+    def double_review(self) -> bool:
+        return self.needs > 1
 
 
 class Progress(BaseModel):
@@ -162,15 +177,18 @@ class Progress(BaseModel):
 _DECISION_COLS = ("seq", "video_id", "masklet_type", "masklet_id", "sample_version", "reviewer",
                   "decided_at", "decided_ts", "action", "reason", "edited_object_caption",
                   "edited_scene_caption", "edited_video_caption", "short_expression",
-                  "base_seq", "conflict", "conflicts_with")
+                  "base_seq", "conflict", "conflicts_with", "note", "adjudicates")
 
 
 class DecisionStore:
-    """One SQLite file; a fresh connection per operation (Gradio handlers run in threads)."""
+    """One SQLite file; one connection per thread and process, kept open (Gradio handlers
+    run in threads). Closing the last connection checkpoints the WAL, so a connection per
+    operation would pay a checkpoint on every read."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
         with self._connect() as conn:
             mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
@@ -179,12 +197,14 @@ class DecisionStore:
             # executescript commits first, so the transaction is part of the script
             conn.executescript(f"BEGIN IMMEDIATE;\n{_SCHEMA}\nINSERT OR IGNORE INTO meta "
                                f"VALUES ('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;")
+            have = {r[1] for r in conn.execute("PRAGMA table_info(decisions)")}
+            for name, definition in _ADDED_COLUMNS:
+                if name not in have:  # a file from before the column existed stays readable
+                    conn.execute(f"ALTER TABLE decisions ADD COLUMN {name} {definition}")
 
     @classmethod
     def for_run(cls, out_dir: str | Path) -> DecisionStore:
         """The run's store, its ``samples`` mirror synced to the current selection."""
-        from refsav_pipeline.review.select import load_benchmark
-
         store = cls(decisions_path(out_dir))
         try:
             samples = load_benchmark(out_dir)
@@ -195,13 +215,13 @@ class DecisionStore:
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        try:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or self._local.pid != os.getpid():  # never share one across a fork
+            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA busy_timeout=30000")
-            yield conn
-        finally:
-            conn.close()
+            self._local.conn, self._local.pid = conn, os.getpid()
+        yield conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -210,10 +230,11 @@ class DecisionStore:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield conn
+                conn.execute("COMMIT")
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
                 raise
-            conn.execute("COMMIT")
 
     # -- samples -------------------------------------------------------------------------
 
@@ -227,16 +248,28 @@ class DecisionStore:
                   2 if s.double_review else 1) for s in samples])
 
     def states(self) -> list[SampleState]:
+        """Every sample's state, in review order (one query: call it once per action)."""
         with self._connect() as conn:
-            rows = conn.execute(_STATE_SQL + " ORDER BY s.position").fetchall()
-        return [_state(r) for r in rows]
+            rows = conn.execute(_STATE_SQL + " ORDER BY s.position, d.seq").fetchall()
+        return _states(rows)
 
     def state(self, key: SampleKey) -> SampleState | None:
         with self._connect() as conn:
-            row = conn.execute(
-                _STATE_SQL + " WHERE s.video_id = ? AND s.masklet_type = ? AND s.masklet_id = ?",
-                key).fetchone()
-        return _state(row) if row else None
+            rows = conn.execute(
+                _STATE_SQL + " WHERE s.video_id = ? AND s.masklet_type = ? AND s.masklet_id = ?"
+                " ORDER BY d.seq", key).fetchall()
+        states = _states(rows)
+        return states[0] if states else None
+
+    def changed_since(self, seq: int) -> tuple[list[SampleKey], int]:
+        """Samples with decisions after log position ``seq``, and the latest position (writes
+        are serialized, so positions become visible in order)."""
+        with self._connect() as conn:
+            latest = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM decisions").fetchone()[0]
+            rows = conn.execute(
+                "SELECT DISTINCT video_id, masklet_type, masklet_id FROM decisions "
+                "WHERE seq > ? AND seq <= ?", (seq, latest)).fetchall()
+        return [(str(r[0]), str(r[1]), int(r[2])) for r in rows], int(latest)
 
     # -- decisions -----------------------------------------------------------------------
 
@@ -245,40 +278,59 @@ class DecisionStore:
         current version, is still recorded, with ``conflict`` set and the decision it missed."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            latest = conn.execute(
-                "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
-                "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
-            current = conn.execute(
-                "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
-                "AND masklet_id = ?", new.key).fetchone()
-            conflict = new.action != "skip" and (
-                latest != new.base_seq
-                or (current is not None and current[0] != new.sample_version))
-            conflicts_with = latest if conflict and latest != new.base_seq else None
-            decided_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
-            cur = conn.execute(
-                "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
-                "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
-                "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
-                "conflict, conflicts_with) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
-                 new.reviewer, decided_at, now, new.action, new.reason,
-                 new.edited_object_caption, new.edited_scene_caption,
-                 new.edited_video_caption, new.short_expression, new.base_seq,
-                 int(conflict), conflicts_with))
-            conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
-                         "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
-            seq = int(cur.lastrowid or 0)
+            return self._append(conn, new, now)
+
+    def record_and_claim(self, new: NewDecision, *, after: int, ttl: float = LEASE_SECONDS,
+                         now: float | None = None) -> tuple[Decision, SampleKey | None]:
+        """``record`` then ``claim_next`` for the same reviewer in one transaction (one
+        durable commit per click instead of two)."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            return (self._append(conn, new, now),
+                    self._claim(conn, new.reviewer, after, ttl, now))
+
+    @staticmethod
+    def _append(conn: sqlite3.Connection, new: NewDecision, now: float) -> Decision:
+        latest = conn.execute(
+            "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
+            "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
+        current = conn.execute(
+            "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
+            "AND masklet_id = ?", new.key).fetchone()
+        conflict = new.action != "skip" and (
+            latest != new.base_seq
+            or (current is not None and current[0] != new.sample_version))
+        conflicts_with = latest if conflict and latest != new.base_seq else None
+        decided_at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        cur = conn.execute(
+            "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
+            "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
+            "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
+            "conflict, conflicts_with, note, adjudicates) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
+             new.reviewer, decided_at, now, new.action, new.reason,
+             new.edited_object_caption, new.edited_scene_caption,
+             new.edited_video_caption, new.short_expression, new.base_seq,
+             int(conflict), conflicts_with, new.note, int(new.adjudicates)))
+        conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
+                     "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
+        seq = int(cur.lastrowid or 0)
         return Decision(**new.model_dump(), seq=seq, decided_at=decided_at, decided_ts=now,
                         conflict=conflict, conflicts_with=conflicts_with)
 
-    def decisions(self, key: SampleKey | None = None) -> list[Decision]:
-        """The log in order (of one sample if ``key``)."""
+    def decisions(self, key: SampleKey | None = None, double_only: bool = False
+                  ) -> list[Decision]:
+        """The log in order (of one sample if ``key``; of double-review samples only if
+        ``double_only``)."""
         sql = f"SELECT {', '.join(_DECISION_COLS)} FROM decisions"
         args: tuple = ()
         if key is not None:
             sql += " WHERE video_id = ? AND masklet_type = ? AND masklet_id = ?"
             args = key
+        elif double_only:
+            sql += (" WHERE (video_id, masklet_type, masklet_id) IN (SELECT video_id, "
+                    "masklet_type, masklet_id FROM samples WHERE needs > 1)")
         with self._connect() as conn:
             rows = conn.execute(sql + " ORDER BY seq", args).fetchall()
         return [Decision.model_validate(dict(zip(_DECISION_COLS, r, strict=True)))
@@ -296,35 +348,42 @@ class DecisionStore:
     def claim_next(self, reviewer: str, *, after: int = -1, ttl: float = LEASE_SECONDS,
                    now: float | None = None) -> SampleKey | None:
         """Lease the next sample that still needs a review, that this reviewer has not
-        decided or skipped, and that nobody else holds; one already held by this reviewer
-        comes first (a page reload resumes it). ``after`` skips positions up to it."""
+        decided, and that nobody else holds; one already held by this reviewer comes first
+        (a page reload resumes it). Positions after ``after`` come before the wrap to the
+        start, and samples this reviewer skipped come back only when nothing else is left."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            mine = conn.execute(
-                "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
-                "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
-                "AND l.expires_ts > ? AND s.position > ? ORDER BY s.position LIMIT 1",
-                (reviewer, now, after)).fetchone()
-            key = tuple(mine) if mine else None
-            if key is None:
-                row = conn.execute(
-                    f"""SELECT s.video_id, s.masklet_type, s.masklet_id FROM samples s
-                    WHERE s.position > ?
-                    AND (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d
-                         WHERE {_KEY_MATCH}) < s.needs
-                    AND NOT EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
-                        AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
-                        AND d.sample_version = s.sample_version AND d.reviewer = ?)
-                    AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
-                        AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
-                        AND l.reviewer != ? AND l.expires_ts > ?)
-                    ORDER BY s.position LIMIT 1""",
-                    (after, reviewer, reviewer, now)).fetchone()
-                key = tuple(row) if row else None
-            if key is None:
-                return None
-            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                         (*key, reviewer, now + ttl))
+            return self._claim(conn, reviewer, after, ttl, now)
+
+    @staticmethod
+    def _claim(conn: sqlite3.Connection, reviewer: str, after: int, ttl: float, now: float
+               ) -> SampleKey | None:
+        mine = conn.execute(
+            "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
+            "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
+            "AND l.expires_ts > ? ORDER BY s.position <= ?, s.position LIMIT 1",
+            (reviewer, now, after)).fetchone()
+        key = tuple(mine) if mine else None
+        if key is None:
+            row = conn.execute(
+                f"""SELECT s.video_id, s.masklet_type, s.masklet_id FROM samples s
+                WHERE (SELECT COUNT(DISTINCT d.reviewer) FROM decisions d
+                       WHERE {_KEY_MATCH}) < s.needs
+                AND NOT EXISTS (SELECT 1 FROM decisions d WHERE {_KEY_MATCH}
+                    AND d.reviewer = ?)
+                AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
+                    AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
+                    AND l.reviewer != ? AND l.expires_ts > ?)
+                ORDER BY EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
+                    AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
+                    AND d.sample_version = s.sample_version AND d.reviewer = ?),
+                  s.position <= ?, s.position LIMIT 1""",
+                (reviewer, reviewer, now, reviewer, after)).fetchone()
+            key = tuple(row) if row else None
+        if key is None:
+            return None
+        conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                     (*key, reviewer, now + ttl))
         return (str(key[0]), str(key[1]), int(key[2]))
 
     def lease_holder(self, key: SampleKey, now: float | None = None) -> str | None:
@@ -340,37 +399,57 @@ class DecisionStore:
         with self._write() as conn:
             conn.execute("DELETE FROM leases WHERE reviewer = ?", (reviewer,))
 
-    def progress(self, reviewer: str, now: float | None = None) -> Progress:
-        now = time.time() if now is None else now
-        states = self.states()
-        with self._connect() as conn:
-            skipped = {tuple(r) for r in conn.execute(
-                "SELECT DISTINCT d.video_id, d.masklet_type, d.masklet_id FROM decisions d "
-                "JOIN samples s USING (video_id, masklet_type, masklet_id) "
-                "WHERE d.reviewer = ? AND d.action = 'skip' "
-                "AND d.sample_version = s.sample_version", (reviewer,))}
-        return Progress(
-            total=len(states),
-            done=sum(s.status != "pending" for s in states),
-            accepted=sum(s.status == "accepted" for s in states),
-            rejected=sum(s.status == "rejected" for s in states),
-            mine=sum(reviewer in s.reviewers for s in states),
-            my_queue=sum(len(s.reviewers) < s.needs and reviewer not in s.reviewers
-                         and s.key not in skipped for s in states),
-            reviews_needed=sum(s.needs for s in states),
-            reviews_done=sum(min(len(s.reviewers), s.needs) for s in states),
-            conflicts=sum(s.conflict for s in states),
-        )
+    def progress(self, reviewer: str, states: list[SampleState] | None = None) -> Progress:
+        """Counts over ``states`` (read now if not given: pass the action's own snapshot).
+        Samples this reviewer skipped are still in their queue: they come back last."""
+        states = self.states() if states is None else states
+        c = dict.fromkeys(("done", "accepted", "rejected", "mine", "my_queue", "needed",
+                           "reviews", "conflicts"), 0)
+        for s in states:  # one pass: this runs on every click
+            n = len(s.reviewers)
+            mine = reviewer in s.reviewers
+            c["done"] += s.status != "pending"
+            c["accepted"] += s.status == "accepted"
+            c["rejected"] += s.status == "rejected"
+            c["mine"] += mine
+            c["my_queue"] += n < s.needs and not mine
+            c["needed"] += s.needs
+            c["reviews"] += min(n, s.needs)
+            c["conflicts"] += s.conflict
+        return Progress(total=len(states), done=c["done"], accepted=c["accepted"],
+                        rejected=c["rejected"], mine=c["mine"], my_queue=c["my_queue"],
+                        reviews_needed=c["needed"], reviews_done=c["reviews"],
+                        conflicts=c["conflicts"])
 
 
-def _state(r: tuple) -> SampleState:
-    action, seq, _count, names, conflict = r[6:11]
-    status: Status = ("pending" if action is None
-                      else "accepted" if action in ACCEPTING else "rejected")
-    return SampleState(video_id=r[0], masklet_type=r[1], masklet_id=r[2], sample_version=r[3],
-                       position=r[4], needs=r[5], status=status, latest_seq=seq,
-                       reviewers=sorted(names.split(",")) if names else [],
-                       conflict=bool(conflict))
+def _states(rows: list[tuple]) -> list[SampleState]:
+    """Fold the joined rows (a sample repeated once per decision, in seq order) into states."""
+    out: list[SampleState] = []
+    last: tuple | None = None
+    action = seq = None
+    names: set[str] = set()
+    conflict = False
+
+    def flush() -> None:
+        if last is None:
+            return
+        status: Status = ("pending" if action is None
+                          else "accepted" if action in ACCEPTING else "rejected")
+        out.append(SampleState(
+            video_id=last[0], masklet_type=last[1], masklet_id=last[2],
+            sample_version=last[3], position=last[4], needs=last[5], status=status,
+            latest_seq=seq, reviewers=sorted(names), conflict=conflict))
+
+    for r in rows:
+        if last is None or r[:3] != last[:3]:
+            flush()
+            last, action, seq, names, conflict = r, None, None, set(), False
+        if r[7] is not None:
+            action, seq = r[6], r[7]
+            names.add(r[8])
+            conflict = conflict or bool(r[9])
+    flush()
+    return out
 
 
 def count_decisions(out_dir: str | Path) -> int:

@@ -1,0 +1,305 @@
+"""A team on one review: text limits on the server and in the export, login backoff, roles,
+adjudication of double-review disagreements, agreement over designated samples only, revisits
+that show the exported text, skipped samples coming back last; no browser needed."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from factories import write_fake_run
+from typer.testing import CliRunner
+
+from refsav_pipeline.cli import app
+from refsav_pipeline.review import users as users_mod
+from refsav_pipeline.review.actions import ADJUDICATION, Form, Refusal, ReviewActions, Screen
+from refsav_pipeline.review.app import ReviewApp, wait_until_up
+from refsav_pipeline.review.export import export_report, load_validated
+from refsav_pipeline.review.login_guard import LoginThrottle
+from refsav_pipeline.review.select import (
+    BenchmarkSample,
+    load_benchmark,
+    select_and_write,
+    write_selection,
+)
+from refsav_pipeline.review.stats import agreement, krippendorff_alpha, review_stats
+from refsav_pipeline.review.store import Decision, DecisionStore, NewDecision
+from refsav_pipeline.review.users import add_user, make_auth, read_accounts, role_of
+from refsav_pipeline.review.view import shown_token
+
+
+def decision(s: BenchmarkSample, reviewer: str, action: str, **kw) -> NewDecision:
+    return NewDecision(video_id=s.video_id, masklet_type=s.masklet_type,
+                       masklet_id=s.masklet_id, sample_version=s.sample_version,
+                       reviewer=reviewer, action=action, **kw)
+
+
+@pytest.fixture()
+def team(synth_root: Path, tmp_path: Path) -> tuple[Path, Path, list[BenchmarkSample]]:
+    """A run whose first three samples are designated for double review; three accounts."""
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    samples = [s.model_copy(update={"double_review": i < 3}) for i, s in enumerate(samples)]
+    write_selection(out, samples, seed=0, count=50, force=True)
+    users = tmp_path / "users.txt"
+    add_user(users, "alice", "a", iterations=1000)
+    add_user(users, "bob", "b", iterations=1000)
+    add_user(users, "judy", "j", iterations=1000, role="adjudicator")
+    return out, users, load_benchmark(out)
+
+
+def shown(screen: Screen) -> str:
+    assert screen.view is not None
+    return shown_token(screen.view.key, screen.view.version)
+
+
+def test_text_limits_on_the_server(team) -> None:
+    out, users, samples = team
+    actions = ReviewActions(out, users)
+    screen = actions.open("s1", "alice", "all")
+    assert isinstance(screen, Screen) and screen.view is not None
+    token = shown(screen)
+    n = len(DecisionStore.for_run(out).decisions())
+    for form, words in ((Form(video_caption="x" * 5000), "video caption is 5,000"),
+                        (Form(**{**screen.view.texts, "short": "s" * 201}),
+                         "short expression is 201"),
+                        (Form(**{**screen.view.texts, "note": "n" * 1001}), "note is 1,001")):
+        answer = actions.decide("s1", "alice", "edit_accept", token, form)
+        assert isinstance(answer, Refusal) and words in answer.message, answer
+        assert "limit" in answer.message
+    assert len(DecisionStore.for_run(out).decisions()) == n  # nothing recorded
+    with pytest.raises(ValueError, match="at most 200"):  # the store refuses it too
+        decision(samples[0], "alice", "accept", short_expression="s" * 201)
+
+
+def test_exporter_refuses_oversized_text(team) -> None:
+    out, users, samples = team
+    huge = samples[4].model_copy(update={"video_caption": "y" * 50_000})
+    write_selection(out, [*samples[:4], huge, *samples[5:]], seed=0, count=50, force=True)
+    samples = load_benchmark(out)
+    store = DecisionStore.for_run(out)
+    store.record(decision(samples[4], "alice", "accept"))
+    store.record(decision(samples[5], "alice", "accept"))
+    path, rows, refused, disputed = export_report(out)
+    assert [r.key for r in rows] == [samples[5].key]
+    assert [(r.masklet_id, "video caption is 50,000" in r.reason) for r in refused] == [
+        (samples[4].masklet_id, True)]
+    result = CliRunner().invoke(app, ["review", "export", "--out", str(out)])
+    assert result.exit_code == 1 and "left out" in result.output and "50,000" in result.output
+    assert [r.key for r in load_validated(out)] == [samples[5].key]
+
+
+def test_roles_in_users_file_old_files_readable(tmp_path: Path) -> None:
+    old = tmp_path / "old.txt"  # written before roles: five fields per line
+    old.write_text(f"carol:{users_mod.hash_password('pw', 1000)}\n")
+    assert read_accounts(old)["carol"].role == "reviewer" and make_auth(old)("carol", "pw")
+    add_user(old, "judy", "x", iterations=1000, role="adjudicator")
+    add_user(old, "judy", "y", iterations=1000)  # a new password keeps the role
+    assert role_of(old, "judy") == "adjudicator" and role_of(old, "carol") == "reviewer"
+    assert make_auth(old)("judy", "y")
+    result = CliRunner().invoke(app, ["review", "add-user", "--users", str(old), "dan",
+                                      "--password-stdin", "--role", "boss"], input="pw\n")
+    assert result.exit_code == 2 and "role" in result.output
+
+
+def test_unknown_names_cost_the_same_hashing(tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    users = tmp_path / "users.txt"
+    add_user(users, "alice", "right", iterations=5000)
+    calls: list[int] = []
+    real = users_mod.hashlib.pbkdf2_hmac
+
+    def counting(name, password, salt, iterations):
+        calls.append(iterations)
+        return real(name, password, salt, iterations)
+
+    monkeypatch.setattr(users_mod.hashlib, "pbkdf2_hmac", counting)
+    check = make_auth(users)
+    assert not check("alice", "wrong")
+    known = list(calls)
+    calls.clear()
+    assert not check("nobody", "wrong")
+    assert calls == known == [5000]
+
+
+def test_backoff_doubles_from_the_fifth_failure() -> None:
+    now = [0.0]
+    throttle = LoginThrottle(clock=lambda: now[0])
+    delays = [throttle.failure("alice", "10.0.0.1")[1] for _ in range(8)]
+    assert delays == [0, 0, 0, 0, 1, 2, 4, 8]
+    assert throttle.retry_after("alice", "10.0.0.9") == 8  # per user, from any address
+    assert throttle.retry_after("bob", "10.0.0.1") == 8  # per address, for any name
+    assert throttle.retry_after("bob", "10.0.0.2") == 0
+    now[0] = 8.5
+    assert throttle.retry_after("alice", "10.0.0.1") == 0
+    throttle.success("alice", "10.0.0.1")
+    assert throttle.failure("alice", "10.0.0.1") == (1, 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_login_backoff_over_http(team, caplog: pytest.LogCaptureFixture) -> None:
+    out, users, _ = team
+    port = _free_port()
+    caplog.set_level(logging.WARNING, logger="refsav.review.login")
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(url + "/")
+        with httpx.Client(base_url=url, timeout=30) as client:
+            def attempt(name: str, password: str) -> httpx.Response:
+                return client.post("/login", data={"username": name, "password": password})
+
+            assert [attempt("alice", "wrong").status_code for _ in range(5)] == [400] * 5
+            blocked = attempt("alice", "a")  # even the right password is not checked now
+            assert blocked.status_code == 429 and blocked.headers["retry-after"] == "1"
+            assert "try again in 1 s" in blocked.json()["detail"]
+            other = attempt("mallory", "x")  # same address, another name: blocked too
+            assert other.status_code == 429
+            time.sleep(1.1)  # wait out the block: the next failure doubles it
+            assert attempt("alice", "wrong").status_code == 400
+            again = attempt("alice", "a")
+            assert again.status_code == 429 and again.headers["retry-after"] == "2"
+            time.sleep(2.1)
+            assert attempt("alice", "a").status_code == 200  # success clears the counts
+            assert attempt("alice", "wrong").status_code == 400
+            assert attempt("alice", "a").status_code == 200
+    finally:
+        demo.close()
+    failed = [r.getMessage() for r in caplog.records if "failed login" in r.getMessage()]
+    assert len(failed) == 7 and "user='alice' from 127.0.0.1" in failed[0]
+    assert any("login blocked" in r.getMessage() for r in caplog.records)
+
+
+def test_adjudication_queue_export_and_agreement(team) -> None:
+    out, users, samples = team
+    s0, s1, s2, s3 = samples[:4]
+    store = DecisionStore.for_run(out)
+    store.record(decision(s0, "alice", "accept"))
+    store.record(decision(s0, "bob", "reject", reason="other"))  # accept vs reject
+    store.record(decision(s1, "alice", "edit_accept", edited_video_caption="Alice's text."))
+    store.record(decision(s1, "bob", "accept"))  # accepted texts differ
+    store.record(decision(s2, "alice", "accept"))
+    store.record(decision(s2, "bob", "accept"))  # agreement
+    store.record(decision(s3, "alice", "accept"))  # not designated: never in agreement
+    store.record(decision(s3, "bob", "reject", reason="other"))
+    path, rows, _, disputed = export_report(out)
+    assert disputed == 2 and {r.key for r in rows} == {s2.key}  # s3: latest is a reject
+
+    actions = ReviewActions(out, users)
+    assert actions.disputed_keys() == [s0.key, s1.key]
+    reviewer_screen = actions.open("a", "alice", ADJUDICATION)
+    assert reviewer_screen.view is None  # not in a reviewer's choices; nothing to adjudicate
+    assert ADJUDICATION not in reviewer_screen.filters
+    screen = actions.open("j", "judy", ADJUDICATION)
+    assert ADJUDICATION in screen.filters
+    assert screen.view is not None and screen.view.key == s0.key and screen.view.adjudicating
+    compare = screen.view.compare
+    assert "alice" in compare and "bob" in compare and "reject" in compare
+    fixed = "The adjudicated text."
+    answer = actions.decide("j", "judy", "edit_accept", shown(screen),
+                            Form(**{**screen.view.texts, "video_caption": fixed}))
+    assert isinstance(answer, Screen) and answer.view is not None
+    assert answer.view.key == s1.key  # the next disagreement
+    assert "Alice&#x27;s text." in answer.view.compare
+    last = store.decisions(s0.key)[-1]
+    assert last.adjudicates and last.reviewer == "judy"
+    _, rows, _, disputed = export_report(out)
+    by_key = {r.key: r for r in rows}
+    assert disputed == 1 and by_key[s0.key].video_caption == fixed
+    assert by_key[s0.key].long_accepted and s1.key not in by_key
+
+    stats = review_stats(out)
+    a = stats.agreement
+    # designated only: s0 (accept/reject), s1 (accept/accept), s2 (accept/accept); s3 out
+    assert (a.double_review_samples, a.doubly_reviewed, a.agreements) == (3, 3, 2)
+    assert a.measure == "kappa" and a.value == a.kappa
+    # a third rater on a designated sample switches the report to Krippendorff's alpha
+    store.record(decision(s2, "judy", "reject", reason="other"))
+    assert review_stats(out).agreement.measure == "alpha"
+    text = CliRunner().invoke(app, ["review", "stats", "--out", str(out)]).output
+    assert "Krippendorff's alpha" in text and "of 3 double-review samples" in text
+
+
+def test_agreement_measures_hand_computed() -> None:
+    # two raters: o_aa=2, o_bb=2, o_ab=o_ba=1; n_a=n_b=3; alpha = 1 - 5*2/18
+    assert krippendorff_alpha([["a", "a"], ["b", "b"], ["a", "b"]]) == pytest.approx(4 / 9)
+    # three raters, weights 1/(m-1): o_aa=4, o_ab=o_ba=1, o_bb=3; alpha = 1 - 8*2/40
+    assert krippendorff_alpha([["a", "a", "b"], ["a"] * 3, ["b"] * 3]) == pytest.approx(0.6)
+    assert krippendorff_alpha([["a", "a"], ["a"]]) is None  # one label in use
+    keys = [(f"v{i}", "manual", 0) for i in range(3)]
+    current = dict.fromkeys(keys, "v1")
+    ds = []
+    for i, (x, y) in enumerate((("accept", "accept"), ("reject", "reject"),
+                                ("accept", "reject"))):
+        for who, act in (("alice", x), ("bob", y)):
+            ds.append(NewDecision(video_id=keys[i][0], masklet_type="manual", masklet_id=0,
+                                  sample_version="v1", reviewer=who, action=act))
+    logged = [d.model_dump() | {"seq": n, "decided_at": "", "decided_ts": 0.0,
+                                "conflict": False} for n, d in enumerate(ds)]
+    decisions = [Decision.model_validate(d) for d in logged]
+    both = agreement(decisions, current, double=set(keys))
+    # p_o = 2/3; p_e = 2/3*1/3 + 1/3*2/3 = 4/9; kappa = (2/9) / (5/9)
+    assert both.doubly_reviewed == 3 and both.kappa == pytest.approx(0.4)
+    assert both.alpha == pytest.approx(4 / 9)
+    assert agreement(decisions, current, double={keys[0]}).doubly_reviewed == 1
+
+
+def test_revisit_shows_exported_text_and_skips_return_last(team) -> None:
+    out, users, samples = team
+    s3, s4 = samples[3], samples[4]  # single review
+    store = DecisionStore.for_run(out)
+    store.record(decision(s3, "alice", "edit_accept", edited_video_caption="Alice's fix."))
+    store.record(decision(s3, "bob", "edit_accept", edited_video_caption="Bob's later fix.",
+                          base_seq=store.latest_seq(s3.key)))
+    actions = ReviewActions(out, users)
+    screen = actions.open("a", "alice", "accepted")
+    while screen.view is not None and screen.view.key != s3.key:
+        screen = actions.move("a", "alice", +1)
+    assert screen.view is not None
+    assert screen.view.texts["video_caption"] == "Bob's later fix."  # what will be exported
+    assert "your edit differs" in screen.view.labels["video_caption"]
+    assert "Alice&#x27;s fix." in screen.view.mine and "You decided" in screen.view.mine
+
+    # a skipped sample comes back to the skipper after every other one
+    t = 1000.0
+    order = []
+    first = store.claim_next("carol", now=t)
+    store.record(decision(next(s for s in samples if s.key == first), "carol", "skip"), now=t)
+    while True:
+        key = store.claim_next("carol", now=t)
+        if key is None or key == first:
+            order.append(key)
+            break
+        order.append(key)
+        store.record(decision(next(s for s in samples if s.key == key), "carol", "accept"),
+                     now=t)
+    assert order[-1] == first and len(order) > 2
+    assert s4.key in order[:-1]
+    assert store.progress("carol").my_queue == 1  # the skipped one is still theirs
+
+
+def test_state_snapshot_follows_decisions_from_elsewhere(team) -> None:
+    out, users, samples = team
+    actions = ReviewActions(out, users)
+    before = {st.key: st.status for st in actions.states()}
+    assert set(before.values()) == {"pending"} and len(before) == len(samples)
+    other = DecisionStore.for_run(out)  # another process, e.g. a second app or a script
+    other.record(decision(samples[5], "bob", "reject", reason="other"))
+    other.record(decision(samples[6], "bob", "accept"))
+    after = {st.key: st for st in actions.states()}
+    assert after[samples[5].key].status == "rejected"
+    assert after[samples[6].key].status == "accepted" and after[samples[6].key].reviewers == [
+        "bob"]
+    assert [st.key for st in actions.states()] == [s.key for s in samples]  # review order
+    fresh = {st.key: st.status for st in DecisionStore.for_run(out).states()}
+    assert {k: st.status for k, st in after.items()} == fresh
