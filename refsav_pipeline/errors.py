@@ -6,6 +6,10 @@ names the video and, where known, the masklet, so a failed row explains itself.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class RecordError(Exception):
     """A problem with one input record; the caller marks that record failed and goes on."""
@@ -22,3 +26,30 @@ class RecordError(Exception):
         self.kind = kind
         self.video_id = video_id
         self.masklet_id = masklet_id
+
+
+class RunStopped(Exception):
+    """The run as a whole cannot go on (no model answers, the output cannot be written).
+
+    Never a row: the run stops without marking what was in flight, so ``refsav resume`` redoes
+    exactly that once the cause is gone. Takes only a message, so it pickles across Ray.
+    """
+
+
+class OutputUnwritable(RunStopped):
+    """Writing under the output folder failed (disk full, read-only, no permission)."""
+
+    @classmethod
+    def from_os_error(cls, folder: str | os.PathLike[str], err: OSError) -> OutputUnwritable:
+        cause = err.strerror or str(err)
+        return cls(f"cannot write to {folder}: {cause}"
+                   + (f" (errno {err.errno})" if err.errno else ""))
+
+
+@contextmanager
+def writing_under(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn an ``OSError`` raised while writing under ``folder`` into ``OutputUnwritable``."""
+    try:
+        yield
+    except OSError as err:
+        raise OutputUnwritable.from_os_error(folder, err) from err

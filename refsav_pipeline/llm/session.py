@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 
 from refsav_pipeline.llm.cache import RequestCache, cache_key
-from refsav_pipeline.llm.client import ModelClient, jpeg_part
+from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.errors import ModelCallError
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
@@ -196,6 +196,12 @@ class ModelSession:
                     eps.setdefault(role, []).extend(ep.snapshot() for ep in c.endpoints)
             return {"calls": {k: dict(v) for k, v in self._totals.items()},
                     "cache": self.cache.stats() if self.cache else None, "endpoints": eps}
+
+    def outages(self) -> list[Outage]:
+        """Models that no endpoint answers right now, with how long (all loops)."""
+        with self._lock:
+            return [o for _loop, st in self._states.values() for c in st.clients.values()
+                    if (o := c.outage()) is not None]
 
     # -- lifecycle ------------------------------------------------------------------------
 
