@@ -7,6 +7,7 @@ names the video and, where known, the masklet, so a failed row explains itself.
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -46,10 +47,18 @@ class OutputUnwritable(RunStopped):
                    + (f" (errno {err.errno})" if err.errno else ""))
 
 
+_SQLITE_DISK_ERRORS = ("SQLITE_FULL", "SQLITE_READONLY", "SQLITE_IOERR", "SQLITE_CANTOPEN")
+
+
 @contextmanager
 def writing_under(folder: str | os.PathLike[str]) -> Iterator[None]:
-    """Turn an ``OSError`` raised while writing under ``folder`` into ``OutputUnwritable``."""
+    """Turn a failed write under ``folder`` (``OSError``, or SQLite's disk full / read-only /
+    I/O error) into ``OutputUnwritable``."""
     try:
         yield
     except OSError as err:
         raise OutputUnwritable.from_os_error(folder, err) from err
+    except sqlite3.Error as err:
+        if not str(getattr(err, "sqlite_errorname", "")).startswith(_SQLITE_DISK_ERRORS):
+            raise
+        raise OutputUnwritable(f"cannot write to {folder}: {err}") from err

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from refsav_pipeline.cli_common import load_config
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.errors import RunStopped
 from refsav_pipeline.pipeline.driver import (
     RunRefused,
     execute,
@@ -42,6 +43,19 @@ def _refuse(exc: Exception) -> typer.Exit:
     return typer.Exit(2)
 
 
+@contextlib.contextmanager
+def _stops_cleanly(out: Path) -> Iterator[None]:
+    """A run that cannot go on (no model answers, the output cannot be written): one line with
+    the cause and exit 1. Nothing was marked, so ``resume`` redoes exactly what was in flight."""
+    try:
+        yield
+    except RunStopped as exc:
+        console.print(f"[red]error:[/red] {exc}. Nothing was marked failed; "
+                      f"`refsav resume --out {out}` finishes the run once this is fixed.",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from exc
+
+
 def run(
     sav_root: Annotated[Path, typer.Option(help="SA-V root (sav_train/sav_0XX/… or flat).")],
     out: OutOpt = Path("annotations/refsav"),
@@ -58,11 +72,12 @@ def run(
     cfg = load_config(config)
     if shard_size is not None:
         cfg.run.shard_size = shard_size
-    try:
-        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
-    except RunRefused as exc:
-        raise _refuse(exc) from exc
-    execute(out, cfg, address=address, show_progress=progress, console=console)
+    with _stops_cleanly(out):
+        try:
+            prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
+        except RunRefused as exc:
+            raise _refuse(exc) from exc
+        execute(out, cfg, address=address, show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
 
@@ -80,8 +95,9 @@ def resume(
         cfg = load_run_config(out, config)
     except (RunRefused, OSError, ValueError) as exc:
         raise _refuse(exc) from exc
-    execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
-            console=console)
+    with _stops_cleanly(out):
+        execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
+                console=console)
     print_status(run_status(out), out_console)
 
 
@@ -160,11 +176,12 @@ def demo(
     with reference_server(port) as url:
         console.print(f"reference model server at {url}")
         cfg = with_endpoints(cfg, url)
-        try:
-            prepare_output(sav, out / "run", cfg)
-        except RunRefused as exc:
-            raise _refuse(exc) from exc
-        execute(out / "run", cfg, show_progress=progress, console=console)
+        with _stops_cleanly(out / "run"):
+            try:
+                prepare_output(sav, out / "run", cfg)
+            except RunRefused as exc:
+                raise _refuse(exc) from exc
+            execute(out / "run", cfg, show_progress=progress, console=console)
     print_status(run_status(out / "run"), out_console)
     files = shard_files(out / "run")
     out_console.print(f"{len(files)} Parquet shards in {out / 'run' / 'shards'}")
