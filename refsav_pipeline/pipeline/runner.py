@@ -89,7 +89,7 @@ def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, finger
     return prepare_video(sav_root, ref, cfg, fingerprint, only)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
 class CaptionActor:
     """Holds one ModelSession (HTTP clients, request cache); captions masklets concurrently."""
 
@@ -102,6 +102,7 @@ class CaptionActor:
     async def stats(self) -> dict[str, Any]:
         return self.session.stats()
 
+    @ray.method(concurrency_group="health")  # answers while every caption slot waits
     async def outages(self) -> list[Outage]:
         return self.session.outages()
 
