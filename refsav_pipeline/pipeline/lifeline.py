@@ -3,11 +3,13 @@
 Ray ties the head processes it starts (GCS, raylet) to the driver with ``PR_SET_PDEATHSIG``,
 and the raylet's workers follow the raylet within seconds. Its dashboard and runtime-env
 agents also see the raylet die, but then spend 60 s trying to report that to the dead GCS
-before they exit. So before starting a local instance the driver marks the environment every
-Ray process inherits with a fresh token, and starts this watcher holding the read end of a
-pipe. The kernel closes the pipe when the driver exits, however it exits; the watcher then
-kills every process that carries the token (a caption actor included, so nothing keeps
-calling the model servers) and exits. It never touches another Ray instance on the machine.
+before they exit. So before starting a local instance the driver starts this watcher holding
+the read end of a pipe, and marks the environment every Ray process inherits with a fresh
+token; once Ray is up it also tells the watcher the session folder. The kernel closes the
+pipe when the driver exits, however it exits; the watcher then kills every process that
+carries the token or holds a file in the session folder (the agents rewrite their
+environment area for their process titles, but keep their logs open there), a caption actor
+included, so nothing keeps calling the model servers. It never touches another Ray instance.
 
 Run as ``python -m refsav_pipeline.pipeline.lifeline TOKEN``.
 """
@@ -35,6 +37,12 @@ class Lifeline:
                                      stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
         os.environ[ENV_VAR] = self.token
 
+    def watch(self, session_dir: str) -> None:
+        """Also sweep the processes that hold files in Ray's ``session_dir``."""
+        if self.proc.stdin is not None:
+            self.proc.stdin.write(session_dir.encode() + b"\n")
+            self.proc.stdin.flush()
+
     def release(self) -> None:
         """Normal end: the watcher sweeps whatever is left (usually nothing) and exits."""
         os.environ.pop(ENV_VAR, None)
@@ -46,25 +54,38 @@ class Lifeline:
             self.proc.kill()
 
 
-def marked_processes(token: str) -> list[int]:
-    """Live processes whose environment carries ``token`` (ours excepted)."""
+def _holds_file_under(proc: Path, folder: str) -> bool:
+    prefix = folder.rstrip("/") + "/"
+    for link in (proc / "cwd", *(proc / "fd").iterdir()):
+        with contextlib.suppress(OSError):
+            if os.readlink(link).startswith(prefix):
+                return True
+    return False
+
+
+def marked_processes(token: str, session_dirs: list[str],
+                     spare: frozenset[int] = frozenset()) -> list[int]:
+    """Live processes whose environment carries ``token`` or that hold a file in one of
+    ``session_dirs``; never this process or those in ``spare``."""
     needle = f"{ENV_VAR}={token}".encode()
+    spare = spare | {os.getpid()}
     pids = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or int(entry.name) in spare:
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
+            if needle in (entry / "environ").read_bytes().split(b"\0") or any(
+                    _holds_file_under(entry, d) for d in session_dirs):
                 pids.append(int(entry.name))
         except OSError:  # gone, a zombie, or not ours to read
             continue
     return pids
 
 
-def sweep(token: str, rounds: int = 20) -> None:
+def sweep(token: str, session_dirs: list[str], spare: frozenset[int], rounds: int = 20) -> None:
     """SIGKILL every marked process, again until none is left (one may fork as we go)."""
     for _ in range(rounds):
-        pids = marked_processes(token)
+        pids = marked_processes(token, session_dirs, spare)
         if not pids:
             return
         for pid in pids:
@@ -75,10 +96,12 @@ def sweep(token: str, rounds: int = 20) -> None:
 
 def main() -> None:
     token = sys.argv[1]
+    driver = os.getppid()  # on a normal end it still runs, with Ray's log files open
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
-    while sys.stdin.buffer.read(4096):
-        pass  # the driver never writes; EOF means it has exited or let go
-    sweep(token)
+    # The driver writes only the session folder; EOF means it has exited or let go.
+    session_dirs = [line.decode().strip() for line in sys.stdin.buffer]
+    sweep(token, [d for d in session_dirs if os.path.isabs(d) and "session_" in d],
+          spare=frozenset({driver}))
 
 
 if __name__ == "__main__":

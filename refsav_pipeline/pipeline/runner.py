@@ -70,6 +70,8 @@ def ray_session(address: str | None, cfg: PipelineConfig,
         # "local": always a new instance, never a stale `ray start` or $RAY_ADDRESS
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)
+        ctx = ray.get_runtime_context()
+        lifeline.watch(os.path.join(ctx.get_temp_dir(), ctx.get_session_name()))
     if console is not None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = int(ray.cluster_resources().get("CPU", 0))
