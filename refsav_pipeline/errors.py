@@ -6,6 +6,7 @@ names the video and, where known, the masklet, so a failed row explains itself.
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 from collections.abc import Iterator
@@ -59,6 +60,10 @@ def writing_under(folder: str | os.PathLike[str]) -> Iterator[None]:
     except OSError as err:
         raise OutputUnwritable.from_os_error(folder, err) from err
     except sqlite3.Error as err:
-        if not str(getattr(err, "sqlite_errorname", "")).startswith(_SQLITE_DISK_ERRORS):
+        name = str(getattr(err, "sqlite_errorname", ""))
+        if not name.startswith(_SQLITE_DISK_ERRORS):
             raise
-        raise OutputUnwritable(f"cannot write to {folder}: {err}") from err
+        cause = f"SQLite: {err}"
+        if name == "SQLITE_FULL":
+            cause = f"{os.strerror(errno.ENOSPC)} ({cause})"
+        raise OutputUnwritable(f"cannot write to {folder}: {cause}") from err

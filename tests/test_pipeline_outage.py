@@ -231,3 +231,68 @@ def test_kill_9_of_the_driver_leaves_nothing_running(sample: Path, tmp_path: Pat
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
     assert left == [], f"still running 30 s after kill -9 of the driver: {left}"
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str, *options: str) -> Iterator[Path]:
+    """A small real file system of our own, to fill up or make read-only."""
+    where.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", ",".join([f"size={size}", *options]),
+                        "tmpfs", str(where)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.fail(f"cannot mount a tmpfs at {where} ({r.stderr.strip()}): this test needs "
+                    "root (or CAP_SYS_ADMIN) to make a disk it can fill")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _fill(folder: Path) -> Path:
+    """Write zeros into ``folder`` until its file system has no space left."""
+    filler = folder / "filler"
+    with open(filler, "wb") as fh:
+        with contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 65536)
+                fh.flush()
+        with contextlib.suppress(OSError):
+            os.fsync(fh.fileno())
+    with pytest.raises(OSError):  # really full: not even a small file fits
+        (folder / "probe").write_bytes(b"x" * 8192)
+    return filler
+
+
+def test_disk_full_stops_cleanly_and_resume_finishes(sample: Path, straight: Path,
+                                                     tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "disk", "16m") as disk, serving(free_port()) as srv:
+        out = disk / "run"
+        proc = _start(_run(sample, out, _config(srv.url, tmp_path / "cfg.yaml")))
+        try:
+            _wait_for(lambda: _markers(out) >= 1, what="a finished shard")
+            filler = _fill(disk)
+            marked_when_full = _markers(out)
+            text = _finish(proc, expect=1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        assert "Traceback" not in text
+        [line] = _error_lines(text)
+        assert f"cannot write to {out}" in line and "No space left on device" in line
+        assert _markers(out) == marked_when_full < 4  # nothing marked once the disk was full
+        assert set(read_rows(out).column("status").to_pylist()) == {"ok"}
+        filler.unlink()  # space is back
+        _finish(_start(_refsav("resume", "--out", str(out), "--no-progress")))
+        assert _markers(out) == 4
+        _assert_all_ok_and_equal(out, straight)
+
+
+def test_read_only_out_is_one_line_and_exit_1(sample: Path, tmp_path: Path) -> None:
+    with tmpfs(tmp_path / "ro", "1m", "ro") as ro, serving(free_port()) as srv:
+        out = ro / "run"
+        text = _finish(_start(_run(sample, out, _config(srv.url, tmp_path / "cfg.yaml"))),
+                       expect=1, timeout=120)
+    assert "Traceback" not in text
+    [line] = _error_lines(text)
+    assert f"cannot write to {out}: Read-only file system" in line
+    assert not out.exists()
