@@ -82,7 +82,8 @@ class EndpointState:
 
     def snapshot(self) -> dict[str, Any]:
         return {"url": self.url, "healthy": self.healthy, "in_flight": self.in_flight,
-                "requests": self.requests, "failures": self.failures}
+                "requests": self.requests, "failures": self.failures,
+                "last_error": self.last_error}
 
 
 class Outage(BaseModel):
@@ -235,7 +236,7 @@ class ModelClient:
                 raise OutageLimitReached(
                     f"no endpoint of model {self.cfg.name} has answered for {down_for:.0f} s "
                     f"(client.outage_limit_s = {limit:g}): {self._endpoint_errors()}")
-            delay = min(self.ccfg.backoff_base_s * 2 ** self._outage_probes,
+            delay = min(self.ccfg.backoff_base_s * 2 ** min(self._outage_probes, 30),
                         self.ccfg.reprobe_interval_s)
             self._outage_probes += 1
             await asyncio.sleep(min(max(delay, 0.05), limit - down_for))
