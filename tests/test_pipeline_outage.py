@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -157,8 +158,9 @@ def test_server_down_for_20_s_mid_run_fails_nothing(sample: Path, straight: Path
     finally:
         srv.kill()
     assert done_at_kill < 4
-    model = "OpenGVLab/InternVL2-Llama3-76B"
-    assert f"model {model} is down" in text and f"model {model} answers again" in text
+    down = set(re.findall(r"model (\S+) is down", text))  # the models masklets waited on
+    assert down <= {"OpenGVLab/InternVL2-Llama3-76B", "Qwen/Qwen2-72B-Instruct"}, text[-3000:]
+    assert down and all(f"model {m} answers again" in text for m in down), text[-3000:]
     _assert_all_ok_and_equal(out, straight)
 
 
