@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -232,6 +233,7 @@ def test_kill_9_of_the_driver_leaves_nothing_running(sample: Path, tmp_path: Pat
             for pid, _cmd in _session_processes(proc.pid, ray_tmp):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
+            shutil.rmtree(ray_tmp, ignore_errors=True)
     assert left == [], f"still running 30 s after kill -9 of the driver: {left}"
 
 
