@@ -14,7 +14,11 @@ from refsav_pipeline.errors import RecordError
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
-from refsav_pipeline.llm.errors import ModelCallError, UnparseableOutputError
+from refsav_pipeline.llm.errors import (
+    ModelCallError,
+    OutageLimitReached,
+    UnparseableOutputError,
+)
 from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.llm.testing import (
@@ -161,18 +165,54 @@ def test_load_is_balanced_over_live_endpoints(tmp_path: Path) -> None:
         assert na + nb == 8 and abs(na - nb) <= 2
 
 
-def test_all_endpoints_dead_is_a_record_error(tmp_path: Path) -> None:
-    with ModelSession(models_at([closed_port_url(), closed_port_url()]),
-                      fast_client(max_attempts=3, reprobe_interval_s=0), tmp_path) as s:
+def test_outage_past_the_limit_stops_instead_of_failing_the_row(tmp_path: Path) -> None:
+    dead = [closed_port_url(), closed_port_url()]
+    with ModelSession(models_at(dead), fast_client(max_attempts=1, outage_limit_s=0.6),
+                      tmp_path) as s:
         t0 = time.monotonic()
-        with pytest.raises(ModelCallError) as ei:
+        with pytest.raises(OutageLimitReached) as ei:
             s.run(calls.describe_scene(s, object_jpegs("red")[1], "x", video_id="v7",
                                        masklet_id=2))
-        assert time.monotonic() - t0 < 5
+        assert time.monotonic() - t0 >= 0.6  # it waited out the limit, not max_attempts
+        eps = s.stats()["endpoints"]["captioner"]
+        assert all(e["requests"] == 0 for e in eps)  # probes only: no request was sent
     err = ei.value
-    assert isinstance(err, RecordError) and err.kind == "server_error"
-    assert err.attempts == 3 and err.video_id == "v7" and err.masklet_id == 2
-    assert "no healthy endpoint" in str(err)
+    assert not isinstance(err, RecordError)  # never a row
+    msg = str(err)
+    assert "outage_limit_s = 0.6" in msg and all(u in msg for u in dead)
+    assert "refused" in msg.lower()
+
+
+def test_outage_waits_without_spending_attempts_and_resumes(tmp_path: Path) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = ReferenceServerConfig(port=port)
+    first = ReferenceServer(ModelsConfig(), cfg).start()
+    client = fast_client(max_attempts=1, outage_limit_s=60, reprobe_interval_s=0.2)
+    with ModelSession(models_at(first.url), client, tmp_path) as s:
+        s.run(calls.describe_scene(s, object_jpegs("red")[1], "x"))
+        first.stop()
+        restarted: list[ReferenceServer] = []
+
+        async def during_outage() -> tuple[object, list]:
+            task = asyncio.create_task(calls.describe_scene(s, object_jpegs("green")[1], "y"))
+            await asyncio.sleep(1.0)
+            seen = s.outages()
+            assert not task.done()  # waiting, not failed
+            restarted.append(ReferenceServer(ModelsConfig(), cfg).start())
+            return await task, seen
+
+        try:
+            res, seen = s.run(during_outage())
+        finally:
+            for srv in restarted:
+                srv.stop()
+        assert "green" in res.text and res.attempts == 1  # the outage cost no attempt
+        assert [o.model for o in seen] == [ModelsConfig().captioner.name]
+        assert seen[0].down_s >= 0.5 and first.url in seen[0].last_error
+        assert s.outages() == []  # over by itself once the server answered
+    assert restarted[0].stats.requests["chat_completions"] == 1
 
 
 def test_unparseable_judge_output_keeps_raw_text(tmp_path: Path) -> None:

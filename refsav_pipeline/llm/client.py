@@ -4,6 +4,15 @@ Why its own client rather than the ``openai`` package: we need per-endpoint conc
 limits, least-in-flight balancing across replicas, health probing of ``/v1/models`` with
 dead endpoints skipped and re-probed later, vLLM-only body fields (``mm_processor_kwargs``),
 and failures that end as a ``RecordError`` the pipeline can put in a row.
+
+Two kinds of failure are kept apart. A *request* fails (5xx, timeout, broken connection) while
+its endpoint still answers its health probe: that costs the request one of its attempts. An
+*endpoint* is down when its probe fails too (connection refused, no answer): that costs
+nothing. When every endpoint of the model is down the model is in an outage: requests wait
+while one of them re-probes with backoff, and go on by themselves when an endpoint answers.
+Only an outage longer than ``outage_limit_s`` ends the wait, as ``OutageLimitReached``, which
+stops the run instead of failing rows: a vLLM restart takes minutes, and over SA-V's 640K
+masklets failing every row in flight would hand the user a long ``--retry-failed``.
 """
 
 from __future__ import annotations
@@ -19,9 +28,15 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import httpx
+from pydantic import BaseModel
 
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig
-from refsav_pipeline.llm.errors import BadRequestError, ModelCallError, UnparseableOutputError
+from refsav_pipeline.llm.errors import (
+    BadRequestError,
+    ModelCallError,
+    OutageLimitReached,
+    UnparseableOutputError,
+)
 from refsav_pipeline.llm.results import Usage
 
 log = logging.getLogger(__name__)
@@ -58,6 +73,8 @@ class EndpointState:
     in_flight: int = 0
     healthy: bool | None = None  # None: not probed yet
     retry_at: float = 0.0
+    probed_at: float = float("-inf")  # monotonic start of the last probe
+    last_error: str = ""  # why the last probe failed
     consecutive_failures: int = 0
     requests: int = 0
     failures: int = 0
@@ -65,13 +82,38 @@ class EndpointState:
 
     def snapshot(self) -> dict[str, Any]:
         return {"url": self.url, "healthy": self.healthy, "in_flight": self.in_flight,
-                "requests": self.requests, "failures": self.failures}
+                "requests": self.requests, "failures": self.failures,
+                "last_error": self.last_error}
+
+
+class Outage(BaseModel):
+    """A model none of whose endpoints answers right now (shown by the run's progress)."""
+
+    model: str
+    down_s: float
+    endpoints: list[str]
+    last_error: str
+
+
+def _why(exc: BaseException) -> str:
+    """The root cause of a transport error in words ("Connection refused", not httpx's
+    "All connection attempts failed")."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and (seen.errno or seen.strerror):
+            return os.strerror(seen.errno) if seen.errno else str(seen.strerror)
+        seen = seen.__cause__ or seen.__context__
+    return str(exc) or exc.__class__.__name__
 
 
 class _Retryable(Exception):
     def __init__(self, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class _EndpointDown(Exception):
+    """The request broke and the endpoint's probe fails too: the endpoint is down."""
 
 
 class ModelClient:
@@ -87,6 +129,9 @@ class ModelClient:
                                         cfg.max_concurrency) for u in cfg.endpoints]
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self.down_since: float | None = None  # monotonic start of the current outage
+        self._outage_lock = asyncio.Lock()  # one waiter probes at a time, the others wait
+        self._outage_probes = 0
 
     # -- health ---------------------------------------------------------------------------
 
@@ -96,20 +141,41 @@ class ModelClient:
             now = time.monotonic()
             if ep.healthy is not None and (ep.healthy or ep.retry_at > now):
                 return bool(ep.healthy)  # someone else just probed it
-            ok = False
-            try:
-                r = await self.http.get(f"{ep.url}/models", headers=self.headers,
-                                        timeout=self.ccfg.health_timeout_s)
-                if r.status_code == 200:
-                    names = {m.get("id") for m in r.json().get("data", [])}
-                    ok = self.cfg.name in names
-                    if not ok:
-                        log.warning("%s does not serve %r (serves %s)", ep.url, self.cfg.name,
-                                    sorted(n for n in names if n))
-            except (httpx.HTTPError, ValueError) as e:
-                log.info("health probe of %s failed: %r", ep.url, e)
-            self._set_health(ep, ok)
-            return ok
+            return await self._probe_now(ep)
+
+    async def _probe_now(self, ep: EndpointState) -> bool:
+        """The probe itself (callers hold ``ep.probe_lock``)."""
+        ep.probed_at = time.monotonic()
+        ok, error = False, ""
+        try:
+            r = await self.http.get(f"{ep.url}/models", headers=self.headers,
+                                    timeout=self.ccfg.health_timeout_s)
+            if r.status_code == 200:
+                names = {m.get("id") for m in r.json().get("data", [])}
+                ok = self.cfg.name in names
+                if not ok:
+                    served = sorted(n for n in names if n)
+                    error = f"does not serve {self.cfg.name!r} (serves {served})"
+                    log.warning("%s %s", ep.url, error)
+            else:
+                error = f"health probe answered HTTP {r.status_code}"
+        except (httpx.HTTPError, ValueError) as e:
+            error = _why(e)
+            log.info("health probe of %s failed: %r", ep.url, e)
+        ep.last_error = error
+        self._set_health(ep, ok)
+        return ok
+
+    async def _is_down(self, ep: EndpointState, failed_at: float) -> bool:
+        """After a request to ``ep`` broke at ``failed_at``: is the endpoint itself down?
+
+        Probes unless a probe started since (many requests break at once when a server dies;
+        one probe answers for all of them).
+        """
+        async with ep.probe_lock:
+            if ep.probed_at < failed_at:
+                await self._probe_now(ep)
+        return not ep.healthy
 
     def _set_health(self, ep: EndpointState, ok: bool) -> None:
         if ok:
@@ -128,22 +194,70 @@ class ModelClient:
         return [ep.snapshot() for ep in self.endpoints]
 
     async def _pick(self) -> EndpointState:
-        """Least loaded healthy endpoint; unprobed and due-for-reprobe ones are probed first."""
-        now = time.monotonic()
-        due = [ep for ep in self.endpoints
-               if ep.healthy is None or (ep.healthy is False and ep.retry_at <= now)]
-        if due:
-            await asyncio.gather(*(self.probe(ep) for ep in due))
-        live = [ep for ep in self.endpoints if ep.healthy]
-        if not live:
-            # Wait (as backoff) until the first dead one is due for a re-probe.
-            wait = min(ep.retry_at for ep in self.endpoints) - time.monotonic()
-            raise _Retryable(f"no healthy endpoint among {self.cfg.endpoints}",
-                             retry_after=max(0.0, wait))
+        """Least loaded healthy endpoint; unprobed and due-for-reprobe ones are probed first.
+
+        While none is healthy this waits (see ``_ride_out_outage``); it never spends attempts.
+        """
+        while True:
+            now = time.monotonic()
+            due = [ep for ep in self.endpoints
+                   if ep.healthy is None or (ep.healthy is False and ep.retry_at <= now)]
+            if due:
+                await asyncio.gather(*(self.probe(ep) for ep in due))
+            live = [ep for ep in self.endpoints if ep.healthy]
+            if live:
+                break
+            await self._ride_out_outage()
+        if self.down_since is not None:
+            log.warning("%s answers again after %.0f s", self.cfg.name,
+                        time.monotonic() - self.down_since)
+            self.down_since = None
         # Reachable but failing (5xx, timeouts) endpoints stay in use — the probe says they are
         # up and a lone endpoint must not be locked out — but come last while they fail.
         return min(live, key=lambda ep: (ep.consecutive_failures > 0,
                                          ep.in_flight / ep.max_concurrency, ep.requests))
+
+    async def _ride_out_outage(self) -> None:
+        """One round of waiting while no endpoint answers: sleep (backoff from
+        ``backoff_base_s`` up to ``reprobe_interval_s``), then probe every endpoint.
+
+        Raises ``OutageLimitReached`` once the outage is older than ``outage_limit_s``.
+        """
+        if self.down_since is None:
+            self.down_since, self._outage_probes = time.monotonic(), 0
+            log.warning("no endpoint of %s answers (%s); its requests wait", self.cfg.name,
+                        self._endpoint_errors())
+        async with self._outage_lock:
+            if any(ep.healthy for ep in self.endpoints) or self.down_since is None:
+                return
+            down_for = time.monotonic() - self.down_since
+            limit = self.ccfg.outage_limit_s
+            if down_for >= limit:
+                raise OutageLimitReached(
+                    f"no endpoint of model {self.cfg.name} has answered for {down_for:.0f} s "
+                    f"(client.outage_limit_s = {limit:g}): {self._endpoint_errors()}")
+            delay = min(self.ccfg.backoff_base_s * 2 ** min(self._outage_probes, 30),
+                        self.ccfg.reprobe_interval_s)
+            self._outage_probes += 1
+            await asyncio.sleep(min(max(delay, 0.05), limit - down_for))
+
+            async def fresh_probe(ep: EndpointState) -> None:
+                async with ep.probe_lock:
+                    await self._probe_now(ep)
+
+            await asyncio.gather(*(fresh_probe(ep) for ep in self.endpoints))
+
+    def _endpoint_errors(self) -> str:
+        return "; ".join(f"{ep.url}: {ep.last_error or 'not answering'}"
+                         for ep in self.endpoints)
+
+    def outage(self) -> Outage | None:
+        """The current outage of this model, if every endpoint is down."""
+        if self.down_since is None:
+            return None
+        return Outage(model=self.cfg.name, down_s=time.monotonic() - self.down_since,
+                      endpoints=[ep.url for ep in self.endpoints],
+                      last_error=self._endpoint_errors())
 
     # -- requests -------------------------------------------------------------------------
 
@@ -155,6 +269,7 @@ class ModelClient:
         return delay
 
     async def _attempt(self, ep: EndpointState, body: dict[str, Any]) -> tuple[dict, float]:
+        broken: tuple[str, Exception] | None = None
         ep.in_flight += 1
         try:
             async with ep.semaphore:
@@ -165,19 +280,20 @@ class ModelClient:
                         r = await self.http.post(f"{ep.url}/chat/completions", json=body,
                                                  headers=self.headers)
                 except (TimeoutError, httpx.TimeoutException) as e:
-                    if isinstance(e, httpx.ConnectTimeout):
-                        self._set_health(ep, False)
-                    else:
-                        self._note_failure(ep)
-                    raise _Retryable(f"timeout from {ep.url}") from e
+                    broken = f"timeout from {ep.url}", e
                 except (httpx.ConnectError, httpx.RemoteProtocolError,
                         httpx.ReadError, httpx.WriteError) as e:
-                    ep.failures += 1
-                    self._set_health(ep, False)
-                    raise _Retryable(f"connection error to {ep.url}: {e!r}") from e
+                    broken = f"connection error to {ep.url}: {e!r}", e
                 latency = time.perf_counter() - t0
         finally:
             ep.in_flight -= 1
+        if broken is not None:
+            message, exc = broken
+            ep.failures += 1
+            if await self._is_down(ep, time.monotonic()):
+                raise _EndpointDown(message) from exc
+            ep.consecutive_failures += 1
+            raise _Retryable(message) from exc
         if r.status_code in RETRYABLE_STATUS or r.status_code >= 500:
             self._note_failure(ep)
             ra = r.headers.get("retry-after")
@@ -204,24 +320,27 @@ class ModelClient:
                    parse: Callable[[str], T] | None = None) -> tuple[ChatResponse, T | None]:
         """POST the body until an answer (that ``parse`` accepts, if given) or the budget ends.
 
-        Transport failures (timeouts, connection errors, 429/5xx, no live endpoint) spend
-        ``max_attempts``; answers ``parse`` rejects (ValueError) spend ``max_parse_attempts``.
+        Request failures (timeouts, connection errors, 429/5xx on an endpoint that still
+        answers its probe) spend ``max_attempts``; answers ``parse`` rejects (ValueError) spend
+        ``max_parse_attempts``. A down endpoint spends nothing: the request goes elsewhere or
+        waits out the outage (``OutageLimitReached`` past ``outage_limit_s``).
         """
         body = {**body, "model": self.cfg.name}
-        attempts = parse_failures = 0
-        last_error = ""
+        failures = parse_failures = 0
         while True:
-            attempts += 1
+            ep = await self._pick()
             try:
-                ep = await self._pick()
                 data, latency = await self._attempt(ep, body)
+            except _EndpointDown:
+                continue
             except _Retryable as e:
-                last_error = str(e)
-                if attempts - parse_failures >= self.ccfg.max_attempts:
+                failures += 1
+                if failures >= self.ccfg.max_attempts:
+                    attempts = failures + parse_failures
                     raise ModelCallError(
                         f"{self.cfg.name}: no answer after {attempts} attempts; last error: "
-                        f"{last_error}", model=self.cfg.model, attempts=attempts) from e
-                await asyncio.sleep(self._backoff(attempts - parse_failures, e.retry_after))
+                        f"{e}", model=self.cfg.model, attempts=attempts) from e
+                await asyncio.sleep(self._backoff(failures, e.retry_after))
                 continue
             text = data["choices"][0]["message"]["content"] or ""
             parsed: T | None = None
@@ -240,4 +359,4 @@ class ModelClient:
                           completion_tokens=int(u.get("completion_tokens") or 0),
                           total_tokens=int(u.get("total_tokens") or 0))
             return ChatResponse(text=text, usage=usage, latency_s=latency, endpoint=ep.url,
-                                attempts=attempts, raw=data), parsed
+                                attempts=failures + parse_failures + 1, raw=data), parsed

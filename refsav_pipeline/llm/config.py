@@ -142,6 +142,9 @@ class ClientConfig(_Section):
     backoff_max_s: float = Field(60.0, ge=0)
     health_timeout_s: float = Field(5.0, gt=0)
     reprobe_interval_s: float = Field(30.0, ge=0, description="wait before re-probing a dead one")
+    outage_limit_s: float = Field(
+        1800.0, gt=0, description="how long requests wait while no endpoint of a model answers "
+        "before the run stops (unmarked, to be resumed)")
     cache: bool = True
     cache_path: str | None = Field(None, description="default: <out>/cache.sqlite")
 

@@ -1,15 +1,18 @@
 """Model-call failures, as ``RecordError``s so the pipeline marks one row failed and goes on.
 
-Kinds: ``server_error`` (no usable answer after the retry budget: 5xx, 429, timeouts, dead
-endpoints), ``unparseable_output`` (the model answered but not in the required structure; the
-message keeps the raw text), ``model_bad_request`` (the server refused the request itself, e.g.
-too many images or context too long — retrying cannot help), ``bad_image`` (input is not JPEG),
+Kinds: ``server_error`` (no usable answer after the retry budget: 5xx, 429, timeouts),
+``unparseable_output`` (the model answered but not in the required structure; the message
+keeps the raw text), ``model_bad_request`` (the server refused the request itself, e.g. too many
+images or context too long — retrying cannot help), ``bad_image`` (input is not JPEG),
 ``bad_input`` (wrong number of images or text inputs for the prompt).
+
+A model that no endpoint answers is not a row's failure: requests wait, and past the outage
+limit the run stops (``OutageLimitReached``) with nothing marked.
 """
 
 from __future__ import annotations
 
-from refsav_pipeline.errors import RecordError
+from refsav_pipeline.errors import RecordError, RunStopped
 
 
 class ModelCallError(RecordError):
@@ -58,3 +61,7 @@ def with_where(err: RecordError, video_id: str | None, masklet_id: int | None) -
         new = RecordError(err.kind, msg, video_id=video_id, masklet_id=masklet_id)
     new.__cause__ = err.__cause__
     return new
+
+
+class OutageLimitReached(RunStopped):
+    """No endpoint of a model answered for ``client.outage_limit_s``: the run stops, unmarked."""

@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
+from refsav_pipeline.errors import writing_under
 from refsav_pipeline.llm.cache import RequestCache, cache_key
-from refsav_pipeline.llm.client import ModelClient, jpeg_part
+from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.errors import ModelCallError
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
@@ -169,10 +170,12 @@ class ModelSession:
                             prompt_version=tpl.version, usage=resp.usage,
                             latency_s=resp.latency_s, attempts=resp.attempts, cached=False)
         if self.cache is not None:
-            await self.cache.aput(key, {"text": resp.text, "usage": resp.usage.model_dump(),
-                                        "latency_s": resp.latency_s, "attempts": resp.attempts,
-                                        "endpoint": resp.endpoint},
-                                  model=mcfg.model, prompt=tpl.ref)
+            with writing_under(self.cache.path.parent):  # a full disk stops the run, unmarked
+                await self.cache.aput(key, {"text": resp.text, "usage": resp.usage.model_dump(),
+                                            "latency_s": resp.latency_s,
+                                            "attempts": resp.attempts,
+                                            "endpoint": resp.endpoint},
+                                      model=mcfg.model, prompt=tpl.ref)
         self._count(role, result)
         return result, parsed
 
@@ -196,6 +199,12 @@ class ModelSession:
                     eps.setdefault(role, []).extend(ep.snapshot() for ep in c.endpoints)
             return {"calls": {k: dict(v) for k, v in self._totals.items()},
                     "cache": self.cache.stats() if self.cache else None, "endpoints": eps}
+
+    def outages(self) -> list[Outage]:
+        """Models that no endpoint answers right now, with how long (all loops)."""
+        with self._lock:
+            return [o for _loop, st in self._states.values() for c in st.clients.values()
+                    if (o := c.outage()) is not None]
 
     # -- lifecycle ------------------------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import traceback
 from typing import Any
 
-from refsav_pipeline.errors import RecordError
+from refsav_pipeline.errors import RecordError, RunStopped
 from refsav_pipeline.llm.calls import (
     describe_object,
     describe_scene,
@@ -79,5 +79,7 @@ async def caption_masklet(session: ModelSession, job: MaskletJob) -> RefSavRow:
         video = await describe_video(session, job.frames_jpegs, scene.text, **where)
         b.fields["video_caption"] = b.record("video", video)
         return b.row("ok")
+    except RunStopped:
+        raise  # not this row's failure: the run stops and the row is redone on resume
     except Exception as err:  # noqa: BLE001 - a row must record any failure, not lose it
         return b.row("failed", err)

@@ -18,7 +18,7 @@ from rich.console import Console
 
 from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.errors import InputError
+from refsav_pipeline.errors import InputError, RunStopped
 from refsav_pipeline.pipeline.driver import (
     execute,
     load_run_config,
@@ -62,6 +62,19 @@ def _ignored_on_existing_run(out: Path, shard_size: int | None, limit_videos: in
                       f"{load_plan(out).num_videos} videos (--force plans again)")
 
 
+@contextlib.contextmanager
+def _stops_cleanly(out: Path) -> Iterator[None]:
+    """A run that cannot go on (no model answers, the output cannot be written): one line with
+    the cause and exit 1. Nothing was marked, so ``resume`` redoes exactly what was in flight."""
+    try:
+        yield
+    except RunStopped as exc:
+        console.print(f"[red]error:[/red] {exc}. Nothing was marked failed; "
+                      f"`refsav resume --out {out}` finishes the run once this is fixed.",
+                      soft_wrap=True, highlight=False)
+        raise typer.Exit(1) from exc
+
+
 def run(
     sav_root: Annotated[Path, typer.Option(help="SA-V root (sav_train/sav_0XX/… or flat).")],
     out: OutOpt = Path("annotations/refsav"),
@@ -88,8 +101,9 @@ def run(
             print_status(run_status(out), out_console)
             return
     check_models(cfg)
-    prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
-    execute(out, cfg, address=address, show_progress=progress, console=console)
+    with _stops_cleanly(out):
+        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
+        execute(out, cfg, address=address, show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
 
@@ -111,8 +125,9 @@ def resume(
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
         check_models(cfg)
-        execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
-                console=console)
+        with _stops_cleanly(out):
+            execute(out, cfg, address=address, retry_failed=retry_failed,
+                    show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
 
@@ -192,8 +207,9 @@ def demo(
             console.print(f"reference model server at {url}")
             cfg = with_endpoints(cfg, url)
             check_models(cfg)
-            prepare_output(sav, run_dir, cfg)
-            execute(run_dir, cfg, show_progress=progress, console=console)
+            with _stops_cleanly(run_dir):
+                prepare_output(sav, run_dir, cfg)
+                execute(run_dir, cfg, show_progress=progress, console=console)
     print_status(run_status(run_dir), out_console)
     files = shard_files(run_dir)
     out_console.print(f"{len(files)} Parquet shards in {run_dir / 'shards'}")

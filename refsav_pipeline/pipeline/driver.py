@@ -15,11 +15,12 @@ from pathlib import Path
 from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.errors import InputError
+from refsav_pipeline.errors import InputError, writing_under
 from refsav_pipeline.pipeline.plan import (
     CONFIG_FILE,
     PLAN_FILE,
     Plan,
+    ensure_writable,
     load_plan,
     make_plan,
     save_plan,
@@ -58,7 +59,7 @@ def load_run_config(out_dir: str | Path, override: str | Path | None = None) -> 
 
 
 def _log_run(out_dir: Path, entry: dict) -> None:
-    with open(out_dir / RUNS_LOG, "a") as fh:
+    with writing_under(out_dir), open(out_dir / RUNS_LOG, "a") as fh:
         fh.write(json.dumps(entry) + "\n")
 
 
@@ -86,7 +87,7 @@ def prepare_output(sav_root: str | Path, out_dir: str | Path, cfg: PipelineConfi
     if limit_videos is not None:
         videos = videos[:limit_videos]
     plan = make_plan(sav_root, videos, cfg.run.shard_size, fingerprint)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ensure_writable(out_dir)
     save_config(out_dir, cfg)
     save_plan(out_dir, plan)
     return plan
@@ -123,6 +124,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
     started = time.time()
     total = RunStats()
+    ensure_writable(out_dir / SHARDS_DIR)  # before Ray starts, not at the first shard
     with ray_session(address, cfg, console):
         if pending:
             console.print(f"{len(pending)} of {len(plan.shards)} shards to do")

@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from refsav_pipeline import __version__
+from refsav_pipeline.errors import writing_under
 from refsav_pipeline.sav.index import SavVideoRef
 
 PLAN_FILE = "plan.json"
@@ -62,11 +63,26 @@ def make_plan(sav_root: str | Path, videos: list[SavVideoRef], shard_size: int,
 def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp name, fsync, rename: readers see the old file or the new, never half."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with writing_under(path.parent):
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a full disk must not keep half a file as well
+            raise
+
+
+def ensure_writable(folder: Path) -> None:
+    """Create ``folder`` and write a file in it now, so an unwritable output folder is said
+    before anything starts (``OutputUnwritable``)."""
+    with writing_under(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+    probe = folder / ".write-check"
+    write_atomic(probe, b"ok\n")
+    probe.unlink()
 
 
 def save_plan(out_dir: str | Path, plan: Plan) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.exceptions import RayTaskError
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 from rich.progress import (
@@ -31,8 +32,12 @@ from rich.progress import (
 )
 
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.errors import RunStopped
+from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline.captions import caption_masklet
+from refsav_pipeline.pipeline.lifeline import Lifeline
+from refsav_pipeline.pipeline.model_health import ModelHealthLine
 from refsav_pipeline.pipeline.plan import Plan, Shard
 from refsav_pipeline.pipeline.prepare import (
     MaskletJob,
@@ -57,12 +62,16 @@ def ray_session(address: str | None, cfg: PipelineConfig,
         return
     kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": True,
                               "configure_logging": True}
+    lifeline: Lifeline | None = None
     if address:
         ray.init(address=address, **kwargs)
     else:
+        lifeline = Lifeline()  # this instance dies with the driver, even on kill -9
         # "local": always a new instance, never a stale `ray start` or $RAY_ADDRESS
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)
+        ctx = ray.get_runtime_context()
+        lifeline.watch(os.path.join(ctx.get_temp_dir(), ctx.get_session_name()))
     if console is not None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = int(ray.cluster_resources().get("CPU", 0))
@@ -72,6 +81,8 @@ def ray_session(address: str | None, cfg: PipelineConfig,
         yield
     finally:
         ray.shutdown()
+        if lifeline is not None:
+            lifeline.release()
 
 
 @ray.remote(max_retries=3)
@@ -80,7 +91,7 @@ def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, finger
     return prepare_video(sav_root, ref, cfg, fingerprint, only)
 
 
-@ray.remote(max_restarts=-1, max_task_retries=-1)
+@ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
 class CaptionActor:
     """Holds one ModelSession (HTTP clients, request cache); captions masklets concurrently."""
 
@@ -92,6 +103,10 @@ class CaptionActor:
 
     async def stats(self) -> dict[str, Any]:
         return self.session.stats()
+
+    @ray.method(concurrency_group="health")  # answers while every caption slot waits
+    async def outages(self) -> list[Outage]:
+        return self.session.outages()
 
     async def close(self) -> None:
         await self.session.aclose()
@@ -175,6 +190,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
         t_videos = bar.add_task("videos", total=len(todo))
         t_masks = bar.add_task("masklets", total=0)
         t_shards = bar.add_task("shards", total=len(shards))
+        health = ModelHealthLine(actors, bar, console)
 
         def finish_if_complete(shard_id: int) -> None:
             w = work[shard_id]
@@ -212,6 +228,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                 if not pv.jobs:
                     prepared.popleft()
             ready, _ = ray.wait([*preparing, *captioning], num_returns=1, timeout=1.0)
+            health.poll()
             for ref in ready:
                 if ref in preparing:
                     shard_id, pos = preparing.pop(ref)
@@ -232,7 +249,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                     finish_if_complete(shard_id)
                 else:
                     shard_id, pos = captioning.pop(ref)
-                    row: RefSavRow = ray.get(ref)
+                    row = _caption_row(ref)
                     w = work[shard_id]
                     w.jobs_left -= 1
                     w.add(pos, row)
@@ -244,6 +261,17 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
         ray.kill(a)
     stats.wall_s = time.time() - t_start
     return stats
+
+
+def _caption_row(ref: ray.ObjectRef) -> RefSavRow:
+    """A caption actor's row. A ``RunStopped`` raised there (outage limit, full disk) stops the
+    run here, before any row of an unfinished shard is written."""
+    try:
+        return ray.get(ref)
+    except RayTaskError as exc:
+        if isinstance(exc.cause, RunStopped):
+            raise exc.cause from None
+        raise
 
 
 def _merge_model_stats(parts: list[dict[str, Any]]) -> dict[str, Any]:
