@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from refsav_pipeline.deploy.cli import deploy_app
 from refsav_pipeline.export.cli import export_app, report
 from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.pipeline import cli as pipeline_cli
@@ -21,6 +22,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(review_app, name="review")
 app.add_typer(export_app, name="export")
+app.add_typer(deploy_app, name="deploy")
 app.command("report")(report)
 for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.status, pipeline_cli.demo):
     app.command()(command)

@@ -1,0 +1,48 @@
+"""``refsav deploy``: what the cluster launchers (deploy/slurm, deploy/k8s) need from Python."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+
+deploy_app = typer.Typer(
+    help="Helpers for cluster launchers: live endpoints for a job, KubeRay manifests.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+@deploy_app.command("endpoints")
+def endpoints(
+    config: Annotated[Path, typer.Option(help="pipeline YAML naming the models")],
+    url: Annotated[str, typer.Option(help="OpenAI base URL (ending in /v1) serving both models")],
+    write: Annotated[Path, typer.Option(help="where to write the config with this endpoint")],
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the server")] = 300.0,
+) -> None:
+    """Wait until URL serves both configured models, then write the config pointed at it.
+
+    A job that starts its own server learns its address only at run time; the written copy
+    has the same fingerprint, so `refsav resume --config` accepts it in every later job.
+    """
+    from refsav_pipeline.cli_common import load_config
+    from refsav_pipeline.llm.vllm_serve import wait_healthy
+    from refsav_pipeline.pipeline.cli import with_endpoints
+
+    cfg = load_config(config)
+    url = url.rstrip("/")
+    for model in (cfg.models.captioner, cfg.models.judge):
+        try:
+            wait_healthy(url, model.name, timeout, poll_s=1.0)
+        except TimeoutError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from exc
+    live = with_endpoints(cfg, url)
+    write.parent.mkdir(parents=True, exist_ok=True)
+    tmp = write.with_name(write.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(live.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(write)
+    typer.echo(f"{url} serves {cfg.models.captioner.name} and {cfg.models.judge.name}; "
+               f"wrote {write}", err=True)
