@@ -46,3 +46,39 @@ def endpoints(
     tmp.replace(write)
     typer.echo(f"{url} serves {cfg.models.captioner.name} and {cfg.models.judge.name}; "
                f"wrote {write}", err=True)
+
+
+@deploy_app.command("k8s")
+def k8s(
+    config: Annotated[Path, typer.Option(help="pipeline YAML; becomes the job's ConfigMap")],
+    image: Annotated[str, typer.Option(help="image built from deploy/k8s/Dockerfile")]
+    = "refsav-pipeline:latest",
+    name: Annotated[str, typer.Option(help="name of the RayJob (and prefix of the rest)")]
+    = "refsav",
+    namespace: Annotated[str | None, typer.Option(help="namespace of every object")] = None,
+    sav_root: Annotated[str, typer.Option(help="SA-V root inside the pods")] = "/data/sa-v",
+    out: Annotated[str, typer.Option(help="--out inside the pods")] = "/data/refsav",
+    pvc: Annotated[str, typer.Option(help="ReadWriteMany claim mounted at /data")]
+    = "refsav-data",
+    gpus_per_pod: Annotated[int, typer.Option(min=1, help="GPUs of one GPU worker pod")] = 8,
+    cpu_workers: Annotated[int, typer.Option(min=0, help="pods in the CPU worker group")] = 2,
+    ray_version: Annotated[str | None, typer.Option(
+        help="Ray in the image (default: the Ray installed here)")] = None,
+) -> None:
+    """Print a KubeRay RayJob (+ its ConfigMap and volume claim) for CONFIG as YAML."""
+    from refsav_pipeline.cli_common import load_config
+    from refsav_pipeline.deploy.k8s import K8sOptions, describe_gpu_pods, dump, render
+
+    cfg = load_config(config)
+    given = {"image": image, "name": name, "namespace": namespace, "sav_root": sav_root,
+             "out": out, "pvc": pvc, "gpus_per_pod": gpus_per_pod, "cpu_workers": cpu_workers,
+             "ray_version": ray_version}
+    try:
+        opts = K8sOptions.model_validate({k: v for k, v in given.items() if v is not None})
+        docs = render(cfg, config.read_text(), opts)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    header = (f"# Rendered by `refsav deploy k8s --config {config}`; re-render, don't edit.\n"
+              f"# {describe_gpu_pods(cfg, opts.gpus_per_pod)}\n")
+    typer.echo(dump(docs, header=header), nl=False)
