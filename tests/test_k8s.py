@@ -93,6 +93,9 @@ def test_paper_config_renders_valid_manifests(rayjob_schema: dict[str, Any]) -> 
     assert f"refsav serve vllm --config {CONFIG_DIR}/{CONFIG_KEY} --address auto" in entry
     assert "refsav resume --out /data/refsav" in entry and "refsav run --sav-root /data/sa-v" \
         in entry
+    assert "--retry-failed" not in entry
+    again = _docs(cfg, text, retry_failed=True)["RayJob"]["spec"]["entrypoint"]
+    assert "--no-progress --retry-failed\nelse" in again
 
 
 def _gpu_numbers(docs: dict[str, dict[str, Any]]) -> tuple[int, int]:

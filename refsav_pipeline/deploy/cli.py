@@ -64,6 +64,8 @@ def k8s(
     cpu_workers: Annotated[int, typer.Option(min=0, help="pods in the CPU worker group")] = 2,
     ray_version: Annotated[str | None, typer.Option(
         help="Ray in the image (default: the Ray installed here)")] = None,
+    retry_failed: Annotated[bool, typer.Option(
+        help="when --out already holds a run, also redo its failed rows")] = False,
 ) -> None:
     """Print a KubeRay RayJob (+ its ConfigMap and volume claim) for CONFIG as YAML."""
     from refsav_pipeline.cli_common import load_config
@@ -72,7 +74,7 @@ def k8s(
     cfg = load_config(config)
     given = {"image": image, "name": name, "namespace": namespace, "sav_root": sav_root,
              "out": out, "pvc": pvc, "gpus_per_pod": gpus_per_pod, "cpu_workers": cpu_workers,
-             "ray_version": ray_version}
+             "ray_version": ray_version, "retry_failed": retry_failed}
     try:
         opts = K8sOptions.model_validate({k: v for k, v in given.items() if v is not None})
         docs = render(cfg, config.read_text(), opts)

@@ -46,6 +46,7 @@ class K8sOptions(BaseModel):
     gpu_pod_cpus: int = Field(32, ge=1)
     gpu_pod_memory: str = "512Gi"
     backoff_limit: int = Field(2, ge=0, description="new clusters after a failure; each resumes")
+    retry_failed: bool = Field(False, description="a resumed run also redoes its failed rows")
 
 
 def gpu_pods(cfg: PipelineConfig, gpus_per_pod: int) -> list[list[tuple[str, int]]]:
@@ -102,6 +103,8 @@ def entrypoint(o: K8sOptions) -> str:
     run = (f"refsav run --sav-root {shlex.quote(o.sav_root)} --out {out} --config {live} "
            "--address auto --no-progress")
     resume = f"refsav resume --out {out} --config {live} --address auto --no-progress"
+    if o.retry_failed:
+        resume += " --retry-failed"
     script = "\n".join([
         "set -e",
         f"mkdir -p {shlex.quote(o.out + '/k8s')}",
