@@ -114,14 +114,15 @@ def test_time_limit_then_resubmit_gives_identical_rows(
     job = slurm.sbatch(SBATCH, *_job_args(synth_root, out, slow_cfg),
                        options=("--nodes=1", "--exclusive", "--time=30",
                                 "--signal=B:USR1@30"))
-    # Once a shard is done, pull the time limit in to the next minute: Slurm sends USR1 30 s
-    # (up to one 30 s scheduler tick more) before it, far sooner than the run would finish.
+    # Once a shard is done, pull the time limit in to 1-2 minutes from now. Slurm checks limits
+    # every 30 s and sends USR1 when at most 30 s + one check remain, so within 90 s: far
+    # sooner than the 9 or so masklets left would take, and at least 30 s before the limit.
     deadline = time.monotonic() + 300
     while _done_shards(out) == 0:
         assert slurm.ended(job) is None, slurm.job_log(job)
         assert time.monotonic() < deadline, slurm.job_log(job)
         time.sleep(1)
-    slurm.set_time_limit(job, slurm.elapsed_s(job) // 60 + 1)
+    slurm.set_time_limit(job, slurm.elapsed_s(job) // 60 + 2)
     first = slurm.wait(job)
     log = slurm.job_log(job)
     assert (first.state, first.exit_code) == ("FAILED", EX_TEMPFAIL), log
