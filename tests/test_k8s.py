@@ -98,12 +98,12 @@ def test_paper_config_renders_valid_manifests(rayjob_schema: dict[str, Any]) -> 
     assert "--no-progress --retry-failed\nelse" in again
 
 
-def _gpu_numbers(docs: dict[str, dict[str, Any]]) -> tuple[int, int]:
+def _gpu_numbers(docs: dict[str, dict[str, Any]]) -> tuple[int, int, int]:
     groups = docs["RayJob"]["spec"]["rayClusterSpec"]["workerGroupSpecs"]
     gpu = next(g for g in groups if g["groupName"] == "gpu")
     limits = gpu["template"]["spec"]["containers"][0]["resources"]["limits"]
     assert gpu["replicas"] == gpu["minReplicas"] == gpu["maxReplicas"]
-    return gpu["replicas"], int(limits["nvidia.com/gpu"])
+    return gpu["replicas"], int(limits["nvidia.com/gpu"]), int(gpu["rayStartParams"]["num-cpus"])
 
 
 @pytest.mark.parametrize("judge_replicas,gpus_per_pod", [(None, 8), (4, 8), (3, 4)])
@@ -117,7 +117,7 @@ def test_gpu_group_follows_the_config(judge_replicas: int | None, gpus_per_pod: 
     cfg = PipelineConfig.model_validate(data)
     docs = _docs(cfg, yaml.safe_dump(data), gpus_per_pod=gpus_per_pod)
     _validate_all(docs, rayjob_schema)
-    pods, per_pod = _gpu_numbers(docs)
+    pods, per_pod, ray_cpus = _gpu_numbers(docs)
     assert per_pod == gpus_per_pod
     wanted = sorted(m.vllm.tensor_parallel_size for m in (cfg.models.captioner,
                                                           cfg.models.judge)
@@ -127,6 +127,7 @@ def test_gpu_group_follows_the_config(judge_replicas: int | None, gpus_per_pod: 
     assert sorted(tp for pod in packing for _, tp in pod) == wanted  # every replica placed once
     assert all(sum(tp for _, tp in pod) <= per_pod for pod in packing)  # and each fits its pod
     assert (pods - 1) * per_pod < sum(wanted)  # no idle pod
+    assert ray_cpus == max(len(pod) for pod in packing)  # one Ray CPU per vLLM actor
 
 
 def test_replica_larger_than_a_pod_is_refused() -> None:

@@ -150,7 +150,10 @@ def render(cfg: PipelineConfig, config_text: str, o: K8sOptions) -> list[dict[st
         })
     workers.append({
         "groupName": "gpu", "replicas": len(pods), "minReplicas": len(pods),
-        "maxReplicas": len(pods), "rayStartParams": {},
+        "maxReplicas": len(pods),
+        # one Ray CPU per vLLM actor (what `refsav serve vllm` asks for), so the CPU stage
+        # never lands on GPU pods and leaves their cores to vLLM
+        "rayStartParams": {"num-cpus": str(max(len(p) for p in pods))},
         "template": _pod(o, "ray-worker", _resources(o.gpu_pod_cpus, o.gpu_pod_memory,
                                                      o.gpus_per_pod), shm=True),
     })
