@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import re
+import shlex
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -140,11 +141,11 @@ def test_replica_larger_than_a_pod_is_refused() -> None:
 def test_committed_example_is_the_rendering_of_the_paper_config(
         monkeypatch: pytest.MonkeyPatch) -> None:
     committed = EXAMPLE.read_text()
-    rayjob = next(d for d in yaml.safe_load_all(committed) if d["kind"] == "RayJob")
-    monkeypatch.chdir(ROOT)  # the header names the config as given on the command line
-    res = CliRunner().invoke(app, ["deploy", "k8s", "--config",
-                                   str(PAPER_CONFIG.relative_to(ROOT)), "--ray-version",
-                                   rayjob["spec"]["rayClusterSpec"]["rayVersion"]])
+    command = re.match(r"# Rendered by `refsav (deploy k8s [^`]*)`", committed)
+    assert command, committed.splitlines()[0]
+    assert f"--config {PAPER_CONFIG.relative_to(ROOT)} " in command.group(1)
+    monkeypatch.chdir(ROOT)  # the command names the config relative to the repository
+    res = CliRunner().invoke(app, shlex.split(command.group(1)))
     assert res.exit_code == 0, res.stderr
     assert res.stdout == committed, "re-render deploy/k8s/rayjob.yaml (see its first line)"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +82,13 @@ def k8s(
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
-    header = (f"# Rendered by `refsav deploy k8s --config {config}`; re-render, don't edit.\n"
+    # the command that renders this file again: the config plus every option not at its default
+    defaults = K8sOptions(ray_version=opts.ray_version)
+    flags = [f"--config {shlex.quote(str(config))}"]
+    for key, value in opts.model_dump().items():
+        if value != getattr(defaults, key) or key == "ray_version":
+            flag = "--" + key.replace("_", "-")
+            flags.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    header = (f"# Rendered by `refsav deploy k8s {' '.join(flags)}`; re-render, don't edit.\n"
               f"# {describe_gpu_pods(cfg, opts.gpus_per_pod)}\n")
     typer.echo(dump(docs, header=header), nl=False)
