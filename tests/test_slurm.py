@@ -23,6 +23,8 @@ from refsav_pipeline.pipeline.shards import ShardState, shard_states
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import load_truth
 
+pytestmark = pytest.mark.timeout(1500)  # whole Slurm jobs, on a shared 2-core machine
+
 SBATCH = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "refsav.sbatch"
 EX_TEMPFAIL = 75  # the job's exit code after a clean stop: resubmit to go on
 SLOW_LATENCY_S = 4.0
