@@ -1,10 +1,12 @@
-"""A real single-node Slurm for the tests: munged, slurmctld and slurmd from Debian's packages.
+"""A real Slurm on this machine for the tests: munged, slurmctld and slurmd from Debian's packages.
 
 Everything lives under one temporary folder: the munge key and socket, ``slurm.conf`` (this
 machine's CPUs from ``slurmd -C``, no GPUs), state, spool, logs and the job completion log the
-tests read job states from. Nothing of the system's own Slurm or munge setup is used or
-touched. ``scripts/setup-slurm`` installs the packages; if a daemon cannot start, the fixture
-fails with its log.
+tests read job states from. With ``nodes > 1``, that many slurmd run side by side on this
+machine (Debian builds Slurm with multiple-slurmd support), each a node of its own, so a job
+can span several nodes and use ``srun -w <node>`` as on a real cluster. Nothing of the
+system's own Slurm or munge setup is used or touched. ``scripts/setup-slurm`` installs the
+packages; if a daemon cannot start, the fixture fails with its log.
 """
 
 from __future__ import annotations
@@ -54,14 +56,15 @@ def _node_line() -> str:
 class SlurmCluster:
     """munged + slurmctld + slurmd as children of the test process, configured in ``root``."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, nodes: int = 1) -> None:
         self.root = root
+        self.nodes = [f"node{i}" for i in range(1, nodes + 1)]
+        self.cpus_per_node = 0
         self.conf = root / "slurm.conf"
         self.jobcomp = root / "jobcomp.txt"
         self.logs = root / "log"
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.jobs: list[int] = []
-        self.host = ""  # the node's name, from `slurmd -C`
 
     @property
     def env(self) -> dict[str, str]:
@@ -76,6 +79,8 @@ class SlurmCluster:
     def _write_config(self) -> None:
         node = _node_line()
         host = re.match(r"NodeName=(\S+)", node).group(1)  # type: ignore[union-attr]
+        hardware = node.split(None, 1)[1]  # CPUs=… Boards=… RealMemory=…
+        self.cpus_per_node = int(re.search(r"\bCPUs=(\d+)", hardware).group(1))  # type: ignore[union-attr]
         r = self.root
         self.conf.write_text("\n".join([
             "ClusterName=refsavtest",
@@ -83,16 +88,15 @@ class SlurmCluster:
             "SlurmUser=root",
             "SlurmdUser=root",
             f"SlurmctldPort={free_port()}",
-            f"SlurmdPort={free_port()}",
             "AuthType=auth/munge",
             "CredType=cred/munge",
             f"AuthInfo=socket={r}/munge/munge.socket",
             f"StateSaveLocation={r}/state",
-            f"SlurmdSpoolDir={r}/spool",
+            f"SlurmdSpoolDir={r}/spool/%n",
             f"SlurmctldPidFile={r}/slurmctld.pid",
-            f"SlurmdPidFile={r}/slurmd.pid",
+            f"SlurmdPidFile={r}/slurmd-%n.pid",
             f"SlurmctldLogFile={self.logs}/slurmctld.log",
-            f"SlurmdLogFile={self.logs}/slurmd.log",
+            f"SlurmdLogFile={self.logs}/slurmd-%n.log",
             "ProctrackType=proctrack/linuxproc",  # no cgroups needed in a container
             "TaskPlugin=task/none",
             "SelectType=select/cons_tres",
@@ -108,11 +112,11 @@ class SlurmCluster:
             "OverTimeLimit=0",
             "MailProg=/bin/true",
             "SlurmdParameters=config_overrides",
-            f"{node} NodeAddr=127.0.0.1 State=UNKNOWN",
+            *(f"NodeName={name} NodeHostname={host} NodeAddr=127.0.0.1 Port={free_port()} "
+              f"{hardware} State=UNKNOWN" for name in self.nodes),
             "PartitionName=main Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
             "",
         ]))
-        self.host = host
 
     def _spawn(self, name: str, argv: list[str]) -> None:
         out = open(self.logs / f"{name}.out", "wb")  # noqa: SIM115 (owned by the child)
@@ -144,9 +148,11 @@ class SlurmCluster:
         self._spawn("slurmctld", ["slurmctld", "-D", "-f", str(self.conf)])
         self._wait_for(lambda: "is UP" in self.client("scontrol", "ping").stdout, 60,
                        "slurmctld did not answer `scontrol ping`")
-        self._spawn("slurmd", ["slurmd", "-D", "-f", str(self.conf), "-N", self.host])
-        self._wait_for(lambda: self.client("sinfo", "-h", "-N", "-o", "%T").stdout.strip()
-                       == "idle", 90, "the node did not become idle")
+        for name in self.nodes:
+            (self.root / "spool" / name).mkdir(parents=True, exist_ok=True)
+            self._spawn(f"slurmd-{name}", ["slurmd", "-D", "-f", str(self.conf), "-N", name])
+        self._wait_for(lambda: self.client("sinfo", "-h", "-N", "-o", "%T").stdout.split()
+                       == ["idle"] * len(self.nodes), 90, "the nodes did not become idle")
 
     def _wait_for(self, ready, timeout_s: float, what: str) -> None:
         deadline = time.monotonic() + timeout_s
@@ -226,8 +232,8 @@ class SlurmCluster:
 
 
 @contextmanager
-def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
-    cluster = SlurmCluster(root)
+def slurm_cluster(root: Path, nodes: int = 1) -> Iterator[SlurmCluster]:
+    cluster = SlurmCluster(root, nodes)
     try:
         cluster.start()
         yield cluster

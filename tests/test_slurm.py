@@ -1,9 +1,10 @@
-"""deploy/slurm/refsav.sbatch on a real single-node Slurm (slurmctld + slurmd + munge).
+"""deploy/slurm/refsav.sbatch on a real Slurm (slurmctld + two slurmd + munge) on this machine.
 
 The job runs offline (the reference server on the head instead of vLLM, CPU only) on a small
-synthetic SA-V tree. One job runs straight through; another hits its time limit mid-run, stops
-on the USR1 Slurm sends before the limit, and a resubmission of the same command finishes with
-rows identical to the straight run.
+synthetic SA-V tree. One job runs straight through on two nodes (Ray head on the first, a Ray
+worker started with srun on the second); another, on one node, hits its time limit mid-run,
+stops on the USR1 Slurm sends before the limit, and a resubmission of the same command
+finishes with rows identical to the straight run.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def _done_shards(out: Path) -> int:
 
 @pytest.fixture(scope="module")
 def slurm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    with slurm_cluster(tmp_path_factory.mktemp("slurm")) as cluster:
+    with slurm_cluster(tmp_path_factory.mktemp("slurm"), nodes=2) as cluster:
         yield cluster
 
 
@@ -78,7 +79,7 @@ def straight_run(slurm: SlurmCluster, synth_root: Path,
     cfg = write_config(_fast_config(), work / "cfg.yaml")
     out = work / "out"
     job = slurm.sbatch(SBATCH, *_job_args(synth_root, out, cfg),
-                       options=("--nodes=1", "--exclusive", "--time=20"))
+                       options=("--nodes=2", "--exclusive", "--time=20"))
     end = slurm.wait(job)
     assert (end.state, end.exit_code) == ("COMPLETED", 0), slurm.job_log(job)
     return job, out
@@ -88,11 +89,12 @@ def test_offline_job_writes_every_row(slurm: SlurmCluster, straight_run: tuple[i
                                       synth_root: Path) -> None:
     job, out = straight_run
     log = slurm.job_log(job)
-    assert f"job {job} on 1 node(s)" in log
+    assert f"job {job} on 2 node(s): node1 node2" in log
+    assert "all 2 Ray nodes joined" in log
     assert "starting" in log and "refsav exited with 0" in log
-    # the Ray head took the CPUs Slurm allocated (the whole node: --exclusive)
-    cpus = slurm.client("scontrol", "show", "node", slurm.host).stdout
-    assert f"1 node(s), {cpus.split('CPUTot=')[1].split()[0]} CPUs" in log
+    # each Ray node took the CPUs Slurm allocated on its node (the whole node: --exclusive)
+    assert f"2 node(s), {2 * slurm.cpus_per_node} CPUs" in log
+    assert (out / "slurm" / str(job) / "ray-worker-node2.log").exists()
     rows = read_rows(out).to_pylist()
     truth = load_truth(synth_root)
     assert {(r["video_id"], r["masklet_type"], r["masklet_id"]) for r in rows} == set(truth)
