@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from refsav_pipeline.cli_common import DEBUG, ReportingGroup, debug_from_env
+from refsav_pipeline.deploy.cli import deploy_app
 from refsav_pipeline.export.cli import export_app, report
 from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.pipeline import cli as pipeline_cli
@@ -35,6 +36,7 @@ app.add_typer(serve_app, name="serve")
 app.add_typer(benchmark_app, name="benchmark")
 app.add_typer(review_app, name="review")
 app.add_typer(export_app, name="export")
+app.add_typer(deploy_app, name="deploy")
 app.command("report")(report)
 for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.status, pipeline_cli.demo):
     app.command()(command)

@@ -1,0 +1,1 @@
+"""Running the pipeline where clusters run Ray: Slurm jobs and KubeRay manifests."""
