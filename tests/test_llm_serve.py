@@ -202,3 +202,23 @@ def test_prompt_files_load_render_and_check_versions(tmp_path: Path) -> None:
 def test_jpeg_roundtrip_helper() -> None:
     frame, mask = object_frame("red", 50, 50)
     assert decode_jpeg(to_jpeg(frame)).shape == frame.shape
+
+
+def test_checkpoint_context_as_vllm_derives_it(tmp_path: Path) -> None:
+    from refsav_pipeline.llm.checkpoint import context_length, max_model_len_problem
+
+    assert context_length({"llm_config": {"max_position_embeddings": 8192}}) == 8192
+    assert context_length({"text_config": {"max_position_embeddings": 4096,
+                                           "max_seq_len": 2048}}) == 2048
+    linear = {"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 4}}
+    assert context_length(linear) == 16384
+    yarn = {"max_position_embeddings": 32768,
+            "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1}}
+    assert context_length(yarn) == 32768
+    assert context_length({"hidden_size": 8}) is None
+    local = tmp_path / "weights"
+    local.mkdir()
+    assert max_model_len_problem(str(local), 99999) is None  # no config.json: not checked
+    (local / "config.json").write_text(json.dumps({"max_position_embeddings": 32768}))
+    assert max_model_len_problem(str(local), 32768) is None
+    assert "context 32768" in (max_model_len_problem(str(local), 65536) or "")
