@@ -117,6 +117,7 @@ def test_captured_requests_pass_vllms_request_checks(
         captured: dict, shipped: dict, serve_parser: Callable, engine_config: Callable) -> None:
     from vllm.entrypoints.generate.base.protocol import validate_request_mm_kwargs
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.multimodal import MULTIMODAL_REGISTRY
     from vllm.renderers.chat_utils import parse_chat_messages
 
     assert sorted(captured) == ["judge", "object_crop", "object_masked", "scene", "video"]
@@ -141,6 +142,14 @@ def test_captured_requests_pass_vllms_request_checks(
         # one placeholder per image, all ours: vLLM added none and kept our text as written
         assert isinstance(user["content"], str) and user["content"] == "\n".join(sent), call
         assert user["content"].count("<image>") == len(sizes) == len(mm_data["image"]), call
+        # vLLM's InternVL processor expands each of our placeholders into that image's tokens,
+        # as many as our budget counts (<img>, 256 per tile, </img>)
+        proc = MULTIMODAL_REGISTRY.create_processor(mc)
+        out = proc(user["content"], proc.info.parse_mm_data(mm_data),
+                   hf_processor_mm_kwargs=req.mm_processor_kwargs)
+        ranges = out["mm_placeholders"]["image"]
+        patches = req.mm_processor_kwargs["max_dynamic_patch"]
+        assert [r.length for r in ranges] == [image_tokens(w, h, patches) for w, h in sizes], call
 
 
 def test_budget_counts_image_tokens_like_vllms_internvl_processor(
