@@ -78,8 +78,9 @@ def test_cache_key_covers_sampling_and_prompt_version(tmp_path: Path) -> None:
         base = models_at(srv.url)
         with ModelSession(base, fast_client(), tmp_path) as s:
             s.run(calls.describe_object(s, c, m))
+        sampling = base.captioner.sampling.model_copy(update={"max_completion_tokens": 99})
         hot = base.model_copy(update={"captioner": base.captioner.model_copy(
-            update={"sampling": base.captioner.sampling.model_copy(update={"max_tokens": 99})})})
+            update={"sampling": sampling})})
         with ModelSession(hot, fast_client(), tmp_path) as s:
             res = s.run(calls.describe_object(s, c, m))
             assert not res.crop.cached and not res.masked.cached

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from refsav_pipeline.config import PipelineConfig
@@ -31,29 +32,78 @@ def _commands(output: str) -> list[list[str]]:
     return [shlex.split(line) for line in output.splitlines() if line and not line.startswith("#")]
 
 
+def _opt(argv: list[str], name: str) -> str:
+    return argv[argv.index(name) + 1]
+
+
 def test_vllm_dry_run_prints_the_vllm_commands() -> None:
-    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run"])
+    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                         "--node-gpus", "16"])
     assert res.exit_code == 0, res.output
     cmds = _commands(res.output)
     assert len(cmds) == 3  # captioner ×1 (tp 8), judge ×2 (tp 4)
     cap, judge0, judge1 = cmds
     assert cap[0] == "CUDA_VISIBLE_DEVICES=0,1,2,3,4,5,6,7"
     assert cap[1:4] == ["vllm", "serve", "OpenGVLab/InternVL2-Llama3-76B"]
-
-    def opt(argv: list[str], name: str) -> str:
-        return argv[argv.index(name) + 1]
-
-    assert opt(cap, "--tensor-parallel-size") == "8"
-    assert json.loads(opt(cap, "--limit-mm-per-prompt")) == {"image": 8}
-    assert json.loads(opt(cap, "--mm-processor-kwargs")) == {"max_dynamic_patch": 6}
-    assert opt(cap, "--max-model-len") == "16384" and "--trust-remote-code" in cap
-    assert opt(cap, "--served-model-name") == "InternVL2-Llama3-76B"
-    assert opt(cap, "--port") == "8000"
+    assert _opt(cap, "--tensor-parallel-size") == "8"
+    assert json.loads(_opt(cap, "--limit-mm-per-prompt")) == {"image": 8}
+    assert json.loads(_opt(cap, "--mm-processor-kwargs")) == {"max_dynamic_patch": 6}
+    assert _opt(cap, "--max-model-len") == "8192" and "--trust-remote-code" in cap
+    assert "--trust-request-mm-kwargs" in cap and "--trust-request-mm-kwargs" not in judge0
+    assert _opt(cap, "--chat-template-content-format") == "string"
+    assert _opt(cap, "--served-model-name") == "InternVL2-Llama3-76B"
+    assert _opt(cap, "--port") == "8000"
     assert judge0[1:4] == ["vllm", "serve", "Qwen/Qwen2-72B-Instruct"]
-    assert opt(judge0, "--tensor-parallel-size") == "4" and "--trust-remote-code" not in judge0
+    assert _opt(judge0, "--tensor-parallel-size") == "4" and "--trust-remote-code" not in judge0
     assert "--limit-mm-per-prompt" not in judge0
-    assert (opt(judge0, "--port"), opt(judge1, "--port")) == ("8100", "8101")
-    assert judge0[0] == "CUDA_VISIBLE_DEVICES=8,9,10,11"
+    assert (_opt(judge0, "--port"), _opt(judge1, "--port")) == ("8100", "8101")
+    assert judge0[0] == "CUDA_VISIBLE_DEVICES=8,9,10,11"  # a 16-GPU node
+
+
+def test_vllm_local_plan_never_names_gpus_the_node_lacks() -> None:
+    both = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                          "--node-gpus", "8"])
+    assert both.exit_code == 2
+    assert "need 16 GPUs" in both.output and "--only captioner" in both.output
+    judges = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                            "--node-gpus", "8", "--only", "judge"])
+    assert judges.exit_code == 0, judges.output
+    assert [c[0] for c in _commands(judges.output)] == ["CUDA_VISIBLE_DEVICES=0,1,2,3",
+                                                        "CUDA_VISIBLE_DEVICES=4,5,6,7"]
+
+
+def test_vllm_dry_run_prints_the_kv_arithmetic_per_replica() -> None:
+    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                         "--address", "auto"])
+    assert res.exit_code == 0, res.output
+    cap_line = next(ln for ln in res.output.splitlines() if ln.startswith("# captioner per"))
+    assert "80 layers × 8 heads × 128 × 2 × 2 B = 320 KiB" in cap_line
+    assert "max_model_len 8192" in cap_line
+    cfg = PipelineConfig.load(REAL)
+    assert f"client max_concurrency {cfg.models.captioner.max_concurrency} " in cap_line
+    assert cfg.models.captioner.max_concurrency >= 100  # hundreds of 8K requests fit
+    assert 16 < cfg.models.judge.max_concurrency < cfg.models.captioner.max_concurrency
+
+
+def test_vllm_refuses_max_model_len_above_the_checkpoint(tmp_path: Path) -> None:
+    """A config.json in the HF cache (offline) with an 8K context: 16K is refused up front."""
+    snap = tmp_path / "hub" / "models--OpenGVLab--InternVL2-Llama3-76B" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text(json.dumps(
+        {"architectures": ["InternVLChatModel"],
+         "llm_config": {"max_position_embeddings": 8192, "num_hidden_layers": 80}}))
+    cfg = yaml.safe_load(REAL.read_text())
+    cfg["models"]["captioner"]["vllm"]["max_model_len"] = 16384
+    path = tmp_path / "long.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    env = {"HF_HUB_CACHE": str(tmp_path / "hub")}
+    res = CliRunner().invoke(serve_app, ["vllm", "--config", str(path), "--dry-run",
+                                         "--address", "auto"], env=env)
+    assert res.exit_code == 2
+    assert "max_model_len 16384 is longer than the checkpoint's context 8192" in res.output
+    ok = CliRunner().invoke(serve_app, ["vllm", "--config", str(REAL), "--dry-run",
+                                        "--address", "auto"], env=env)
+    assert ok.exit_code == 0, ok.output
 
 
 def test_vllm_dry_run_on_ray_and_only_one_role() -> None:
@@ -154,3 +204,23 @@ def test_prompt_files_load_render_and_check_versions(tmp_path: Path) -> None:
 def test_jpeg_roundtrip_helper() -> None:
     frame, mask = object_frame("red", 50, 50)
     assert decode_jpeg(to_jpeg(frame)).shape == frame.shape
+
+
+def test_checkpoint_context_as_vllm_derives_it(tmp_path: Path) -> None:
+    from refsav_pipeline.llm.checkpoint import context_length, max_model_len_problem
+
+    assert context_length({"llm_config": {"max_position_embeddings": 8192}}) == 8192
+    assert context_length({"text_config": {"max_position_embeddings": 4096,
+                                           "max_seq_len": 2048}}) == 2048
+    linear = {"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 4}}
+    assert context_length(linear) == 16384
+    yarn = {"max_position_embeddings": 32768,
+            "rope_scaling": {"type": "yarn", "factor": 4, "original_max_position_embeddings": 1}}
+    assert context_length(yarn) == 32768
+    assert context_length({"hidden_size": 8}) is None
+    local = tmp_path / "weights"
+    local.mkdir()
+    assert max_model_len_problem(str(local), 99999) is None  # no config.json: not checked
+    (local / "config.json").write_text(json.dumps({"max_position_embeddings": 32768}))
+    assert max_model_len_problem(str(local), 32768) is None
+    assert "context 32768" in (max_model_len_problem(str(local), 65536) or "")

@@ -6,6 +6,8 @@
 - ``client``: async OpenAI chat-completions client (balancing, health, retries)
 - ``cache``: durable SQLite request cache; ``prompts``: versioned prompt files
 - ``reference_server`` / ``reference_vision``: the offline server; ``vllm_serve``: vLLM launch
+- ``budget``: does a request fit the context; ``capacity``: KV-cache arithmetic behind the
+  default concurrency; ``checkpoint``: a checkpoint's context from its config.json
 - ``errors``: ``RecordError`` kinds a failed call ends in
 
 Submodules are not imported here, so a worker importing ``calls`` never loads FastAPI.

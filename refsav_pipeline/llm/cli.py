@@ -33,6 +33,10 @@ def reference(
         help="probability of an injected fault per completion (500, hang, bad judge JSON)")] = None,
     hang: Annotated[float | None, typer.Option(help="seconds a 'hang' fault lasts")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the fault generator")] = None,
+    trust_request_mm_kwargs: Annotated[bool | None, typer.Option(
+        "--trust-request-mm-kwargs/--no-trust-request-mm-kwargs",
+        help="accept per-request mm_processor_kwargs, like vLLM's flag (default: as "
+             "`refsav serve vllm` would start each model)")] = None,
     config: Annotated[Path | None, typer.Option(
         help="pipeline YAML: model names served, reference_server defaults")] = None,
 ) -> None:
@@ -41,10 +45,11 @@ def reference(
 
     cfg = _load(config)
     over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
-                              "fault_rate": fault_rate, "hang_s": hang, "seed": seed}.items()
+                              "fault_rate": fault_rate, "hang_s": hang, "seed": seed,
+                              "trust_request_mm_kwargs": trust_request_mm_kwargs}.items()
             if v is not None}
     rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
-    names = ", ".join(m.name for m in served_models(cfg.models))
+    names = ", ".join(m.name for m in served_models(cfg.models, rs))
     typer.echo(f"reference server on http://{rs.host}:{rs.port}/v1 serving {names} "
                f"(latency {rs.latency_s}s, fault rate {rs.fault_rate})", err=True)
     run_server(cfg.models, rs)
@@ -63,16 +68,45 @@ def vllm(
         help="write a copy of the config with the live endpoints filled in")] = None,
     detach: Annotated[bool, typer.Option(
         help="Ray only: leave the servers running as detached actors and exit")] = False,
+    node_gpus: Annotated[int | None, typer.Option(
+        help="local mode: GPUs on this node (default: counted; 8 if none are visible)")] = None,
 ) -> None:
     """Start `vllm serve` for each configured model, wait for /v1/models, print endpoints."""
-    from refsav_pipeline.llm.vllm_serve import LocalServers, RayServers, plan
+    from refsav_pipeline.llm.capacity import replica_capacity
+    from refsav_pipeline.llm.checkpoint import max_model_len_problem
+    from refsav_pipeline.llm.vllm_serve import (
+        DEFAULT_NODE_GPUS,
+        LocalServers,
+        RayServers,
+        node_gpu_count,
+        plan,
+    )
 
     cfg = _load(config)
     roles = list(only or ROLES)
     bad = set(roles) - set(ROLES)
     if bad:
         raise typer.BadParameter(f"unknown role(s) {sorted(bad)}; use {ROLES}")
-    launches = plan(cfg.models, roles, local=address is None)
+    for role in roles:
+        m = getattr(cfg.models, role)
+        problem = max_model_len_problem(m.vllm.model_path or m.model, m.vllm.max_model_len)
+        if problem:
+            typer.echo(f"error: {role}: {problem}", err=True)
+            raise typer.Exit(2)
+    if address is None and node_gpus is None:
+        node_gpus = node_gpu_count() or DEFAULT_NODE_GPUS
+    try:
+        launches = plan(cfg.models, roles, local=address is None,
+                        node_gpus=node_gpus or DEFAULT_NODE_GPUS)
+    except ValueError as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    for role in roles:
+        m = getattr(cfg.models, role)
+        cap = replica_capacity(m.model, m.vllm)
+        sizing = cap.explain() if cap else f"{m.model}: shape unknown, no KV arithmetic"
+        typer.echo(f"# {role} per replica: {sizing}; client max_concurrency "
+                   f"{m.max_concurrency} per endpoint", err=True)
     if dry_run:
         for la in launches:
             where = ("local" if address is None

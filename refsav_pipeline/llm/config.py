@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Section(BaseModel):
@@ -21,7 +21,9 @@ class SamplingParams(_Section):
 
     temperature: float = Field(0.0, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
-    max_tokens: int = Field(512, ge=1)
+    max_completion_tokens: int = Field(
+        512, ge=1, validation_alias=AliasChoices("max_completion_tokens", "max_tokens"),
+        description="vLLM's chat API name; `max_tokens` (deprecated there) is read as this")
     seed: int | None = 0
     repetition_penalty: float | None = None
 
@@ -34,13 +36,21 @@ class VllmServeConfig(_Section):
 
     model_path: str | None = Field(None, description="local weights dir; default: the HF id")
     tensor_parallel_size: int = Field(8, ge=1)
-    max_model_len: int = Field(16384, ge=256)
+    max_model_len: int = Field(
+        8192, ge=256, description="at most the checkpoint's context (InternVL2-76B, Qwen2: 8K "
+        "trained); the client refuses requests that would not fit")
     limit_mm_per_prompt: dict[str, int] = Field(default_factory=lambda: {"image": 8})
     mm_processor_kwargs: dict[str, Any] | None = Field(
         None, description="server-side default processor kwargs (bounds profiling memory)")
     trust_remote_code: bool = True
+    trust_request_mm_kwargs: bool | None = Field(
+        None, description="pass --trust-request-mm-kwargs; None: iff this model's requests "
+        "carry mm_processor_kwargs (vLLM refuses them otherwise)")
+    chat_template_content_format: Literal["auto", "string", "openai"] = Field(
+        "string", description="'string' keeps our `Image-N: <image>` text as written")
     dtype: str = "auto"
     gpu_memory_utilization: float = Field(0.90, gt=0.0, le=1.0)
+    gpu_memory_gib: float = Field(80.0, gt=0, description="memory of one GPU (sizing only)")
     replicas: int = Field(1, ge=1, description="independent servers of this model")
     host: str = "0.0.0.0"
     port: int = Field(8000, ge=1, le=65535, description="replica i listens on port + i")
@@ -60,7 +70,9 @@ class ModelEndpointConfig(_Section):
     endpoints: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8000/v1"],
         description="OpenAI base URLs (ending in /v1) serving this model")
-    max_concurrency: int = Field(16, ge=1, description="in-flight requests per endpoint")
+    max_concurrency: int = Field(
+        16, ge=1, description="in-flight requests per endpoint; default: what one replica's KV "
+        "cache holds at max_model_len each (llm/capacity.py), 16 for unknown models")
     api_key_env: str | None = Field(
         None, description="name of an env var holding the server's --api-key, if any")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -74,6 +86,14 @@ class ModelEndpointConfig(_Section):
         if not v:
             raise ValueError("at least one endpoint is needed")
         return [u.rstrip("/") for u in v]
+
+    @model_validator(mode="after")
+    def _derive_concurrency(self) -> ModelEndpointConfig:
+        if "max_concurrency" not in self.model_fields_set:
+            from refsav_pipeline.llm.capacity import default_concurrency
+
+            self.max_concurrency = default_concurrency(self.model, self.vllm)
+        return self
 
     @property
     def name(self) -> str:
@@ -105,10 +125,9 @@ def _captioner() -> ModelEndpointConfig:
     return ModelEndpointConfig(
         model="OpenGVLab/InternVL2-Llama3-76B",
         endpoints=["http://127.0.0.1:8000/v1"],
-        max_concurrency=16,
-        sampling=SamplingParams(max_tokens=512),
+        sampling=SamplingParams(max_completion_tokens=512),
         mm_processor_kwargs={"max_dynamic_patch": 6},
-        vllm=VllmServeConfig(tensor_parallel_size=8, max_model_len=16384,
+        vllm=VllmServeConfig(tensor_parallel_size=8, max_model_len=8192,
                              limit_mm_per_prompt={"image": 8},
                              mm_processor_kwargs={"max_dynamic_patch": 6}, port=8000),
     )
@@ -118,8 +137,7 @@ def _judge() -> ModelEndpointConfig:
     return ModelEndpointConfig(
         model="Qwen/Qwen2-72B-Instruct",
         endpoints=["http://127.0.0.1:8100/v1"],
-        max_concurrency=32,
-        sampling=SamplingParams(max_tokens=384),
+        sampling=SamplingParams(max_completion_tokens=384),
         vllm=VllmServeConfig(tensor_parallel_size=4, max_model_len=8192,
                              limit_mm_per_prompt={}, trust_remote_code=False, port=8100),
     )
@@ -164,3 +182,6 @@ class ReferenceServerConfig(_Section):
         description="malformed_json applies to judge requests only")
     hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
     seed: int = 0
+    trust_request_mm_kwargs: bool | None = Field(
+        None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "
+        "None: as `refsav serve vllm` starts each model")

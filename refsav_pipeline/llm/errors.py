@@ -3,7 +3,9 @@
 Kinds: ``server_error`` (no usable answer after the retry budget: 5xx, 429, timeouts),
 ``unparseable_output`` (the model answered but not in the required structure; the message
 keeps the raw text), ``model_bad_request`` (the server refused the request itself, e.g. too many
-images or context too long — retrying cannot help), ``bad_image`` (input is not JPEG),
+images or context too long — retrying cannot help), ``request_too_long`` (refused before
+sending: its counted tokens exceed the model's ``max_model_len``; the message has the numbers),
+``bad_image`` (input is not JPEG),
 ``bad_input`` (wrong number of images or text inputs for the prompt).
 
 A model that no endpoint answers is not a row's failure: requests wait, and past the outage

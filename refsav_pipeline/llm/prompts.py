@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from refsav_pipeline.llm.config import PromptRef
 
@@ -45,6 +45,16 @@ class PromptTemplate(BaseModel):
     sampling: dict[str, Any] = Field(default_factory=dict, description="overrides")
     mm_processor_kwargs: dict[str, Any] = Field(default_factory=dict, description="overrides")
     digest: str = Field("", description="sha256 of the file, filled by the loader")
+
+    @field_validator("sampling")
+    @classmethod
+    def _completion_name(cls, v: dict[str, Any]) -> dict[str, Any]:
+        """``max_tokens`` is deprecated in vLLM's chat API: send ``max_completion_tokens``."""
+        if "max_tokens" not in v:
+            return v
+        out = {k: val for k, val in v.items() if k != "max_tokens"}
+        out.setdefault("max_completion_tokens", v["max_tokens"])
+        return out
 
     @property
     def ref(self) -> str:

@@ -6,6 +6,12 @@ the captions. Which call a request is, is inferred from what a model would see: 
 text task (the judge, if it carries two descriptions); one image with yellow marks → scene;
 one image without → object; several images → video. Latency and faults (HTTP 500, hangs,
 malformed judge JSON) can be injected; successful answers are always deterministic.
+
+It keeps vLLM's contract where the pipeline relies on it, with vLLM's wording, as ``vllm serve``
+would be started by ``refsav serve vllm`` for the same config: per-request
+``mm_processor_kwargs`` are refused unless the model is served with the trust option, as are
+prompts longer than the model's ``max_model_len`` and more images than its per-prompt limit.
+So the end-to-end tests fail where a real server would.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from refsav_pipeline.colors import color_terms_in, highlight_mask
+from refsav_pipeline.llm.budget import DEFAULT_MAX_DYNAMIC_PATCH, image_tokens
 from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
 from refsav_pipeline.llm.prompts import IMAGE_PLACEHOLDER
 from refsav_pipeline.llm.reference_vision import (
@@ -41,16 +48,24 @@ from refsav_pipeline.llm.reference_vision import (
 )
 
 OWNER = "refsav-reference"
-TILE = 448
-TOKENS_PER_TILE = 256  # InternVL2: 448 px tile → 256 visual tokens after pixel shuffle
 INLINE_IMAGE_BYTES = 8192
 """Requests with at most this many image bytes are answered on the event loop, not a thread."""
+
+
+MM_KWARGS_REFUSED = (
+    "Per-request mm_processor_kwargs are disabled by default because they can change "
+    "multimodal preprocessing resource usage. Start the server with --trust-request-mm-kwargs "
+    "only when clients are trusted.")
+"""vLLM's message (vllm/entrypoints/generate/base/protocol.py) for untrusted request kwargs."""
 
 
 @dataclass
 class ServedModel:
     name: str
     image_limit: int | None  # None: no limit configured; 0: text-only
+    max_model_len: int | None = None  # None: no length check
+    trust_mm_kwargs: bool = True
+    max_dynamic_patch: int = DEFAULT_MAX_DYNAMIC_PATCH  # the server's default processor kwargs
 
 
 @dataclass
@@ -61,6 +76,7 @@ class ServerStats:
     kinds: Counter = field(default_factory=Counter)
     faults: Counter = field(default_factory=Counter)
     models: Counter = field(default_factory=Counter)
+    bodies: list[dict[str, Any]] | None = None  # every chat request body, when recording
 
     def as_dict(self) -> dict[str, Any]:
         return {"requests": dict(self.requests), "kinds": dict(self.kinds),
@@ -72,11 +88,23 @@ class ServerStats:
             c.clear()
 
 
-def served_models(models: ModelsConfig) -> list[ServedModel]:
+def served_models(models: ModelsConfig,
+                  cfg: ReferenceServerConfig | None = None) -> list[ServedModel]:
+    """Each model as ``refsav serve vllm`` would start it (trust option: ``cfg`` may override)."""
+    from refsav_pipeline.llm.vllm_serve import trusts_request_mm_kwargs
+
+    trust = cfg.trust_request_mm_kwargs if cfg is not None else None
     out: dict[str, ServedModel] = {}
-    for m in (models.captioner, models.judge):
+    for role in ("captioner", "judge"):
+        m = getattr(models, role)
+        if m.name in out:
+            continue
         lim = m.vllm.limit_mm_per_prompt
-        out[m.name] = ServedModel(m.name, lim.get("image", 0) if lim else 0)
+        out[m.name] = ServedModel(
+            m.name, lim.get("image", 0) if lim else 0, m.vllm.max_model_len,
+            trust if trust is not None else trusts_request_mm_kwargs(models, role),
+            int((m.vllm.mm_processor_kwargs or {}).get("max_dynamic_patch",
+                                                       DEFAULT_MAX_DYNAMIC_PATCH)))
     return list(out.values())
 
 
@@ -169,13 +197,6 @@ def _count_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / 4))
 
 
-def _image_tokens(shape: tuple[int, ...], max_patches: int) -> int:
-    """Visual tokens of an image of ``shape`` (H, W, …), as InternVL2 tiles it."""
-    h, w = shape[:2]
-    tiles = min(max_patches, math.ceil(w / TILE) * math.ceil(h / TILE))
-    return TOKENS_PER_TILE * (tiles + (1 if tiles > 1 else 0))
-
-
 def _respond(text: str, images: list[bytes]) -> tuple[str, str, list[tuple[int, ...]]]:
     """(kind, answer text, image shapes): each image decoded once, for the answer and tokens."""
     rgbs = [decode_jpeg(i) for i in images]
@@ -183,10 +204,11 @@ def _respond(text: str, images: list[bytes]) -> tuple[str, str, list[tuple[int, 
     return kind, content, [r.shape for r in rgbs]
 
 
-def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI:
-    """The FastAPI app; ``app.state.stats`` holds the counters."""
+def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
+               record_bodies: bool = False) -> FastAPI:
+    """The FastAPI app; ``app.state.stats`` holds the counters (and bodies, if recording)."""
     app = FastAPI(title="refsav reference server", docs_url=None, redoc_url=None)
-    stats = ServerStats()
+    stats = ServerStats(bodies=[] if record_bodies else None)
     app.state.stats = stats
     by_name = {m.name: m for m in models}
     rng = random.Random(cfg.seed)
@@ -220,21 +242,31 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI
             body = await request.json()
         except ValueError:
             return _error(400, "request body is not JSON")
+        if stats.bodies is not None:
+            stats.bodies.append(body)
         name = body.get("model")
         if name not in by_name:
             return _error(404, f"The model `{name}` does not exist.", "NotFoundError")
         stats.models[name] += 1
+        served = by_name[name]
+        mm_kwargs = body.get("mm_processor_kwargs") or {}
+        if mm_kwargs and not served.trust_mm_kwargs:
+            return _error(400, MM_KWARGS_REFUSED)
         try:
             text, images = _split_content(body.get("messages") or [])
         except ValueError as e:
             return _error(400, str(e))
-        limit = by_name[name].image_limit
+        limit = served.image_limit
         if images and limit is not None and len(images) > limit:
-            return _error(400, f"At most {limit} image(s) may be provided in one prompt; "
-                               f"got {len(images)}.")
+            return _error(400, f"At most {limit} image(s) may be provided in one prompt.")
         if text.count(IMAGE_PLACEHOLDER) > len(images):
             return _error(400, f"Found more '{IMAGE_PLACEHOLDER}' placeholders in input prompt "
                                "than actual multimodal data items.")
+        max_out = body.get("max_completion_tokens", body.get("max_tokens"))
+        if served.max_model_len and isinstance(max_out, int) and max_out > served.max_model_len:
+            param = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            return _error(400, f"{param}={max_out} cannot be greater than max_model_len="
+                               f"{served.max_model_len}. Please request fewer output tokens.")
         wants_json = (body.get("response_format") or {}).get("type") in ("json_schema",
                                                                            "json_object")
         if cfg.latency_s:
@@ -263,12 +295,18 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig) -> FastAPI
                 kind, content, shapes = await asyncio.to_thread(_respond, text, images)
         except ValueError as e:
             return _error(400, str(e))
+        max_patches = int(mm_kwargs.get("max_dynamic_patch", served.max_dynamic_patch))
+        prompt_tokens = _count_tokens(text) + sum(image_tokens(s[1], s[0], max_patches)
+                                                  for s in shapes)
+        if served.max_model_len and prompt_tokens > served.max_model_len:
+            return _error(400, f"This model's maximum context length is {served.max_model_len} "
+                               f"tokens. However, your prompt contains {prompt_tokens} input "
+                               "tokens, which exceeds this limit even without any output "
+                               "tokens. Please reduce the length of the input prompt.")
         stats.kinds[kind] += 1
         if fault == "malformed_json":
             stats.faults["malformed_json"] += 1
             content = content[: max(1, len(content) // 2)]
-        max_patches = int((body.get("mm_processor_kwargs") or {}).get("max_dynamic_patch", 12))
-        prompt_tokens = _count_tokens(text) + sum(_image_tokens(s, max_patches) for s in shapes)
         completion_tokens = _count_tokens(content)
         return JSONResponse({  # as is: FastAPI's jsonable_encoder pass is wasted on plain JSON
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
@@ -289,7 +327,7 @@ def _uvicorn_config(app: FastAPI) -> uvicorn.Config:
 
 def run_server(models: ModelsConfig, cfg: ReferenceServerConfig) -> None:
     """Serve in the foreground until interrupted (``refsav serve reference``)."""
-    app = create_app(served_models(models), cfg)
+    app = create_app(served_models(models, cfg), cfg)
     config = _uvicorn_config(app)
     config.host, config.port = cfg.host, cfg.port
     uvicorn.Server(config).run()
@@ -298,9 +336,11 @@ def run_server(models: ModelsConfig, cfg: ReferenceServerConfig) -> None:
 class ReferenceServer:
     """The server on a background thread, for tests and benchmarks (real HTTP on loopback)."""
 
-    def __init__(self, models: ModelsConfig, cfg: ReferenceServerConfig | None = None) -> None:
+    def __init__(self, models: ModelsConfig, cfg: ReferenceServerConfig | None = None, *,
+                 record_bodies: bool = False) -> None:
         self.cfg = cfg or ReferenceServerConfig(port=0)
-        self.app = create_app(served_models(models), self.cfg)
+        self.app = create_app(served_models(models, self.cfg), self.cfg,
+                              record_bodies=record_bodies)
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._sock.bind((self.cfg.host, self.cfg.port))

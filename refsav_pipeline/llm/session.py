@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 
 from refsav_pipeline.errors import writing_under
+from refsav_pipeline.llm.budget import check_fits
 from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
@@ -146,6 +147,7 @@ class ModelSession:
             body["mm_processor_kwargs"] = mm_kwargs
         if response_format is not None:
             body["response_format"] = response_format
+        check_fits(mcfg, tpl.ref, [system, user], images, sampling, mm_kwargs)
 
         key = cache_key({
             "model": mcfg.model, "prompt": tpl.ref, "prompt_digest": tpl.digest,

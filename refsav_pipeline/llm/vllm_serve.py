@@ -23,6 +23,10 @@ from typing import Any
 import httpx
 
 from refsav_pipeline.llm.config import ModelEndpointConfig, ModelsConfig
+from refsav_pipeline.llm.prompts import load_prompt
+
+DEFAULT_NODE_GPUS = 8
+"""GPUs assumed on this node when none can be counted (planning on a machine without GPUs)."""
 
 
 @dataclass
@@ -52,7 +56,28 @@ def _json(d: dict[str, Any]) -> str:
     return json.dumps(d, separators=(",", ":"), sort_keys=True)
 
 
-def vllm_argv(m: ModelEndpointConfig, port: int) -> list[str]:
+def sends_mm_kwargs(models: ModelsConfig, role: str) -> bool:
+    """Whether requests to ``role`` carry ``mm_processor_kwargs`` (model default or a prompt)."""
+    m: ModelEndpointConfig = getattr(models, role)
+    if m.mm_processor_kwargs:
+        return True
+    for key in type(models.prompts).model_fields:
+        if key == "dir":
+            continue
+        tpl = load_prompt(getattr(models.prompts, key), models.prompts.dir)
+        if tpl.model == role and tpl.mm_processor_kwargs:
+            return True
+    return False
+
+
+def trusts_request_mm_kwargs(models: ModelsConfig, role: str) -> bool:
+    """The launcher's ``--trust-request-mm-kwargs`` decision for ``role``."""
+    v = getattr(models, role).vllm
+    return v.trust_request_mm_kwargs if v.trust_request_mm_kwargs is not None \
+        else sends_mm_kwargs(models, role)
+
+
+def vllm_argv(m: ModelEndpointConfig, port: int, *, trust_mm_kwargs: bool = False) -> list[str]:
     """The ``vllm serve`` command line for one model (current vLLM CLI: JSON-valued dict args)."""
     v = m.vllm
     argv = ["vllm", "serve", v.model_path or m.model,
@@ -62,21 +87,39 @@ def vllm_argv(m: ModelEndpointConfig, port: int) -> list[str]:
             "--max-model-len", str(v.max_model_len),
             "--dtype", v.dtype,
             "--gpu-memory-utilization", str(v.gpu_memory_utilization),
-            "--distributed-executor-backend", "mp"]
+            "--distributed-executor-backend", "mp",
+            "--chat-template-content-format", v.chat_template_content_format]
     if v.limit_mm_per_prompt:
         argv += ["--limit-mm-per-prompt", _json(v.limit_mm_per_prompt)]
     if v.mm_processor_kwargs:
         argv += ["--mm-processor-kwargs", _json(v.mm_processor_kwargs)]
+    if trust_mm_kwargs:
+        argv.append("--trust-request-mm-kwargs")
     if v.trust_remote_code:
         argv.append("--trust-remote-code")
     return argv + list(v.extra_args)
 
 
-def plan(models: ModelsConfig, roles: list[str], *, local: bool) -> list[Launch]:
-    """Every replica of every selected model; local mode also assigns GPUs.
+def node_gpu_count() -> int | None:
+    """GPUs visible on this node: CUDA_VISIBLE_DEVICES, else ``nvidia-smi -L``; None if unknown."""
+    vis = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if vis is not None:
+        return len([d for d in vis.split(",") if d.strip()])
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    n = sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+    return n or None
+
+
+def plan(models: ModelsConfig, roles: list[str], *, local: bool,
+         node_gpus: int = DEFAULT_NODE_GPUS) -> list[Launch]:
+    """Every replica of every selected model; local mode also assigns this node's GPUs.
 
     Without explicit ``gpus``, local replicas take consecutive device ids in config order
-    (captioner first), so check the printed plan on a node with fewer GPUs than the sum.
+    (captioner first). Local replicas all run on this node, so a plan needing more than its
+    ``node_gpus`` GPUs is refused (ValueError) instead of naming devices the node lacks.
     """
     out: list[Launch] = []
     cursor = 0
@@ -84,6 +127,7 @@ def plan(models: ModelsConfig, roles: list[str], *, local: bool) -> list[Launch]
         m: ModelEndpointConfig = getattr(models, role)
         v = m.vllm
         env = dict(v.env)
+        trust = trusts_request_mm_kwargs(models, role)
         for i in range(v.replicas):
             port = v.port + i
             gpus = None
@@ -97,8 +141,23 @@ def plan(models: ModelsConfig, roles: list[str], *, local: bool) -> list[Launch]
                 else:
                     gpus = list(range(cursor, cursor + tp))
                     cursor += tp
-            out.append(Launch(role, i, m, vllm_argv(m, port), port, gpus, env))
+                bad = [g for g in gpus if g >= node_gpus]
+                if bad:
+                    raise ValueError(_too_many_gpus(models, roles, node_gpus))
+            out.append(Launch(role, i, m, vllm_argv(m, port, trust_mm_kwargs=trust), port,
+                              gpus, env))
     return out
+
+
+def _too_many_gpus(models: ModelsConfig, roles: list[str], node_gpus: int) -> str:
+    need = {r: getattr(models, r).vllm.replicas * getattr(models, r).vllm.tensor_parallel_size
+            for r in roles}
+    parts = " + ".join(f"{r} {getattr(models, r).vllm.replicas}×tp "
+                       f"{getattr(models, r).vllm.tensor_parallel_size}" for r in roles)
+    hint = ("run `--only captioner` on one node and `--only judge` on another, "
+            if len(roles) > 1 else "lower replicas or tensor_parallel_size, ")
+    return (f"local servers need {sum(need.values())} GPUs on this node ({parts}) but it has "
+            f"{node_gpus}: {hint}or pass --address to let Ray place replicas on GPU nodes")
 
 
 def _secret_env(launch: Launch) -> dict[str, str]:
