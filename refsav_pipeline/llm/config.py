@@ -143,7 +143,7 @@ class ClientConfig(_Section):
     health_timeout_s: float = Field(5.0, gt=0)
     reprobe_interval_s: float = Field(30.0, ge=0, description="wait before re-probing a dead one")
     cache: bool = True
-    cache_path: str | None = Field(None, description="default: <out>/cache.sqlite")
+    cache_path: str | None = Field(None, description="a folder; default: <out>/cache")
 
 
 FaultKind = Literal["http_500", "hang", "malformed_json"]
