@@ -35,6 +35,9 @@ AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: local.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show progress bars.")]
+VerifyOpt = Annotated[bool, typer.Option(
+    "--verify", help="Re-hash every finished Parquet file instead of trusting a marker whose "
+    "file has the recorded size and mtime.")]
 
 
 def _refuse(exc: Exception) -> typer.Exit:
@@ -74,24 +77,26 @@ def resume(
         help="Same config with other endpoints/concurrency (fingerprint must match).")] = None,
     address: AddressOpt = None,
     progress: ProgressOpt = True,
+    verify: VerifyOpt = False,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
     try:
         cfg = load_run_config(out, config)
     except (RunRefused, OSError, ValueError) as exc:
         raise _refuse(exc) from exc
-    execute(out, cfg, address=address, retry_failed=retry_failed, show_progress=progress,
-            console=console)
+    execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
+            show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
 
 def status(
     out: OutOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: VerifyOpt = False,
 ) -> None:
     """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput."""
     try:
-        st = run_status(out)
+        st = run_status(out, verify=verify)
     except FileNotFoundError as exc:
         raise _refuse(exc) from exc
     if as_json:
