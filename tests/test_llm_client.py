@@ -307,8 +307,8 @@ def test_cache_skips_a_torn_last_line_and_reads_a_legacy_sqlite(tmp_path: Path) 
 
 
 def test_one_pool_per_endpoint_sized_to_its_concurrency(tmp_path: Path) -> None:
-    """Each endpoint gets its own connections (striped: no scan of a huge pool per request),
-    and all of an endpoint's concurrency reaches the server at once."""
+    """Each endpoint gets its own connections, and all of an endpoint's concurrency reaches
+    the server at once, over no more connections than that."""
     models = ModelsConfig()
     with StubServer([models.captioner.name, models.judge.name], latency_s=5) as a, \
             StubServer([models.captioner.name, models.judge.name], latency_s=5) as b:
@@ -318,11 +318,12 @@ def test_one_pool_per_endpoint_sized_to_its_concurrency(tmp_path: Path) -> None:
                 client = s.client("captioner")
                 pools = [ep.http for ep in client.endpoints]
                 assert len({id(p) for p in pools}) == 2
-                assert all(isinstance(p, EndpointPool) and p.stripes == 3
-                           and 70 <= p.connections <= 80 for p in pools)
+                assert all(isinstance(p, EndpointPool) for p in pools)
                 _, m = object_jpegs("red")
-                return await asyncio.gather(*(calls.describe_scene(s, m, f"x{i}")
-                                              for i in range(140)))
+                out = await asyncio.gather(*(calls.describe_scene(s, m, f"x{i}")
+                                             for i in range(140)))
+                assert [p.connections for p in pools] == [70, 70]  # kept alive, not more
+                return out
 
             results = s.run(burst())
         assert all(r.text for r in results)

@@ -3,8 +3,10 @@
 It measures the model stage's own cost. The reference server looks at every image (that is
 its job), so a benchmark against it measures its pixel work as much as ours; this one reads
 a request, waits ``latency_s`` and answers a fixed caption, or a fixed consistent verdict when
-the request asks for structured output. Plain asyncio HTTP/1.1 with keep-alive: thousands of
-connections at a few tens of microseconds each. It counts requests and the most in flight
+the request asks for structured output. Each answer ends with a checksum of the request, so
+different requests get different answers and the next call in a chain is never a cache hit.
+Plain asyncio HTTP/1.1 with keep-alive: thousands of connections at a few tens of
+microseconds each. It counts requests and the most in flight
 (``GET /stats``).
 
     python -m refsav_pipeline.llm.stub_server --port 8900 --latency 2 --models a,b
@@ -17,11 +19,10 @@ import asyncio
 import json
 import threading
 import time
-from dataclasses import dataclass
+import zlib
+from dataclasses import dataclass, field
 
-CAPTION = "A red object in the middle of the frame."
-VERDICT = json.dumps({"consistent": True, "reason": "both say red",
-                      "description": "A red object in the middle of the frame."})
+CAPTION = "A red object in the middle of the frame"
 
 
 @dataclass
@@ -30,6 +31,7 @@ class StubStats:
     in_flight: int = 0
     peak_in_flight: int = 0
     bytes_in: int = 0
+    done_at: list[float] = field(default_factory=list)  # monotonic time of each answer
 
 
 def _response(status: str, body: bytes) -> bytes:
@@ -55,8 +57,6 @@ class StubServer:
         self.stats = StubStats()
         self._models = _response("200 OK", json.dumps(
             {"object": "list", "data": [{"id": m, "object": "model"} for m in models]}).encode())
-        self._caption = _response("200 OK", _completion(CAPTION))
-        self._verdict = _response("200 OK", _completion(VERDICT))
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.Server | None = None
@@ -81,6 +81,7 @@ class StubServer:
                     writer.write(self._models)
                 elif head.startswith(b"GET /stats"):
                     writer.write(_response("200 OK", json.dumps(vars(st)).encode()))
+                    st.done_at = []  # handed out once
                 elif head.startswith(b"POST /v1/chat/completions"):
                     st.requests += 1
                     st.in_flight += 1
@@ -89,12 +90,17 @@ class StubServer:
                         await asyncio.sleep(self.latency_s)
                     finally:
                         st.in_flight -= 1
-                    writer.write(self._verdict if b'"response_format"' in body
-                                 else self._caption)
+                    st.done_at.append(time.monotonic())
+                    text = f"{CAPTION} (#{zlib.crc32(body):08x})."
+                    if b'"response_format"' in body:
+                        text = json.dumps({"consistent": True, "reason": "both say red",
+                                           "description": text})
+                    writer.write(_response("200 OK", _completion(text)))
                 else:
                     writer.write(_response("404 Not Found", b'{"error": "not found"}'))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError,
+                asyncio.CancelledError):  # client gone, or the server stopping
             pass
         finally:
             writer.close()
