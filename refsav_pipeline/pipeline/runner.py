@@ -109,6 +109,7 @@ class CaptionActor:
 
     def __init__(self, cfg: PipelineConfig, out_dir: str) -> None:
         self.session = ModelSession.from_config(cfg, out_dir)
+        self._cpu0 = time.process_time()
 
     async def caption(self, job: MaskletJob) -> RefSavRow:
         return await caption_masklet(self.session, job)
@@ -117,10 +118,8 @@ class CaptionActor:
         return self.session.in_flight()
 
     async def stats(self) -> dict[str, Any]:
-        return self.session.stats()
-
-    async def pid(self) -> int:
-        return os.getpid()
+        """Session stats, and this process's CPU seconds since it was set up."""
+        return {**self.session.stats(), "actor_cpu_s": time.process_time() - self._cpu0}
 
     async def close(self) -> None:
         await self.session.aclose()
