@@ -329,3 +329,76 @@ def test_one_pool_per_endpoint_sized_to_its_concurrency(tmp_path: Path) -> None:
         assert all(r.text for r in results)
         assert a.stats.requests + b.stats.requests == 140
         assert a.stats.peak_in_flight == 70 and b.stats.peak_in_flight == 70
+
+
+def _raw_server(answers: list[bytes]) -> tuple[int, list[bytes], socket.socket]:
+    """A loopback server that reads one request per connection-turn and replies the next
+    canned answer verbatim (each split in small pieces), recording the requests."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        pending = list(answers)
+        while pending:
+            conn, _ = srv.accept()
+            with conn:
+                while pending:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                                   if h.lower().startswith(b"content-length:")), 0)
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    seen.append(head + b"\r\n\r\n" + body)
+                    answer = pending.pop(0)
+                    for i in range(0, len(answer), 7):
+                        conn.sendall(answer[i:i + 7])
+                        time.sleep(0.001)
+                    if b"connection: close" in answer.lower():
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1], seen, srv
+
+
+def test_pool_reads_chunked_and_close_delimited_answers() -> None:
+    import httpx
+
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    sized = b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nRetry-After: 2\r\n\r\nbusy"
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\": [1, 2]}"
+    port, seen, srv = _raw_server([chunked, sized, closing])
+
+    async def go() -> list[httpx.Response]:
+        pool = EndpointPool(4, httpx.Timeout(5.0))
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        out = [await pool.post(url, json={"x": 1}, headers={"Authorization": "Bearer k"}),
+               await pool.get(url.replace("chat/completions", "models")),
+               await pool.post(url, json={"y": 2})]
+        assert pool.connections == 0  # the server closed the one connection used
+        await pool.aclose()
+        return out
+
+    try:
+        a, b, c = asyncio.run(go())
+    finally:
+        srv.close()
+    assert a.status_code == 200 and a.text == "hello, world"
+    assert b.status_code == 503 and b.text == "busy" and b.headers["retry-after"] == "2"
+    assert c.json() == {"a": [1, 2]}
+    assert len(seen) == 3  # all three over one keep-alive connection
+    assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"Authorization: Bearer k\r\n" in seen[0] and b"Content-Length: 8\r\n" in seen[0]
+    assert seen[1].startswith(b"GET /v1/models HTTP/1.1\r\n")
