@@ -13,10 +13,11 @@ length L), and ``run.max_inflight_masklets`` is C, so with enough masklets both 
 full and the ideal rate is C/L requests/s. Achieved is measured at the server in steady state:
 the answers between the 25th and the 75th percentile answer, over the time between them.
 
-CPU per request (ms) is counted from ``/proc`` over the run, split as: the driver (this process,
-including Ray's threads in it), the caption actors (their process CPU from set-up to the end),
-Ray (raylet, GCS and its other processes), the CPU stage (task workers: decode, render, JPEG),
-and the stub server. "Pipeline" = driver + actors, the part the model stage owns. Bytes through
+CPU per request (ms) is counted from ``/proc``, split as: the driver (this process, including
+Ray's threads in it), the caption actors, Ray (raylet, GCS and its other processes), the CPU
+stage (task workers: decode, render, JPEG), and the stub server. "Pipeline" = driver + actors,
+the part the model stage owns. It is given in steady state (sampled every 0.25 s, read at the
+window's ends) and over the whole run (set-up, ramp and drain included). Bytes through
 the driver per masklet are the pickled size of what the driver received and sent.
 
 The sample: many small SA-V-shaped videos (``--width``/``--height``/``--frames``), 8 masklets
@@ -29,6 +30,7 @@ each, images sent at ``--max-side``, so the CPU stage keeps up on a small machin
 from __future__ import annotations
 
 import argparse
+import bisect
 import json
 import logging
 import math
@@ -36,6 +38,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -43,7 +46,7 @@ from typing import Any
 
 import httpx
 import ray
-from _procs import cpu_of, loadavg, machine_busy, tree_cpu
+from _procs import cmdline, cpu_of, descendants, loadavg, machine_busy, tree_cpu
 from _sample import add_sample_args, sample, spec_from_args
 from rich.console import Console
 
@@ -101,14 +104,11 @@ def config(url: str, c: int, max_side: int, actors: int) -> PipelineConfig:
     return cfg
 
 
-def steady_rate(done_at: list[float]) -> tuple[float, float]:
-    """Answers/s between the 25th and 75th percentile answer, and that window's length."""
+def steady_window(done_at: list[float]) -> tuple[float, float, int]:
+    """The window between the 25th and 75th percentile answer: start, end, answers in it."""
     t = sorted(done_at)
-    if len(t) < 8:
-        return 0.0, 0.0
     i, j = len(t) // 4, 3 * len(t) // 4
-    span = t[j] - t[i]
-    return ((j - i) / span if span > 0 else 0.0), span
+    return t[i], t[j], j - i
 
 
 def _split_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]
@@ -122,6 +122,65 @@ def _split_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str,
         kind = "cpu_stage" if cmd.startswith("ray::") else "ray"
         out[kind] += spent
     return out
+
+
+KINDS = ("driver", "actors", "ray", "cpu_stage", "stub_server")
+
+
+def _kind(pid: int, cmd: str, stub: int) -> str:
+    if pid == stub:
+        return "stub_server"
+    if "CaptionActor" in cmd:
+        return "actors"
+    return "cpu_stage" if cmd.startswith("ray::") else "ray"
+
+
+class CpuSampler(threading.Thread):
+    """CPU seconds by kind of process, sampled every ``period`` s (monotonic clock, the same
+    one the stub stamps answers with), so CPU can be read for any window of the run. Its own
+    CPU is taken out of the driver's."""
+
+    def __init__(self, stub_pid: int, period: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.stub_pid, self.period = stub_pid, period
+        self.samples: list[tuple[float, dict[str, float]]] = []
+        self.own_cpu = 0.0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        me = os.getpid()
+        pids: dict[int, str] = {}
+        refreshed = 0.0
+        while not self._stop_event.wait(self.period):
+            now = time.monotonic()
+            if now - refreshed > 2.0:
+                refreshed = now
+                for pid in {*descendants(me), *pids}:  # titles change: a worker becomes an actor
+                    try:
+                        pids[pid] = cmdline(pid)
+                    except OSError:
+                        pids.pop(pid, None)
+            cpu = dict.fromkeys(KINDS, 0.0)
+            for pid, cmd in list(pids.items()):
+                try:
+                    cpu[_kind(pid, cmd, self.stub_pid)] += cpu_of(pid)
+                except OSError:
+                    pids.pop(pid)  # ended: its CPU stays in earlier samples only
+            cpu["driver"] = cpu_of(me) - time.thread_time()
+            self.samples.append((now, cpu))
+        self.own_cpu = time.thread_time()
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join()
+
+    def at(self, t: float) -> dict[str, float]:
+        """CPU by kind at time ``t`` (linear between samples)."""
+        times = [x for x, _ in self.samples]
+        k = min(max(1, bisect.bisect_left(times, t)), len(times) - 1)
+        (t0, a), (t1, b) = self.samples[k - 1], self.samples[k]
+        f = 0.0 if t1 == t0 else min(1.0, max(0.0, (t - t0) / (t1 - t0)))
+        return {kind: a[kind] + f * (b[kind] - a[kind]) for kind in KINDS}
 
 
 @ray.remote
@@ -142,14 +201,22 @@ def run_point(root: Path, stub: Stub, c: int, latency: float, videos: int, max_s
         prepare_output(root, out, cfg, limit_videos=videos)
         ray_before = tree_cpu(me)
         stub_cpu0, drv0 = cpu_of(stub.proc.pid), time.process_time()
+        sampler = CpuSampler(stub.proc.pid)
+        sampler.start()
         b0 = machine_busy()
         stats = execute(out, cfg, show_progress=False, console=Console(file=sys.stderr))
         b1 = machine_busy()
-        drv = time.process_time() - drv0
+        sampler.stop()
+        drv = time.process_time() - drv0 - sampler.own_cpu
         stub_cpu = cpu_of(stub.proc.pid) - stub_cpu0
         ray_cpu = _split_cpu(ray_before, tree_cpu(me))
     st = stub.stats()
-    rate, window = steady_rate(st["done_at"])
+    t0, t1, answers = steady_window(st["done_at"])
+    rate = answers / (t1 - t0)
+    window = t1 - t0
+    c0, c1 = sampler.at(t0), sampler.at(t1)
+    steady_ms = {k: 1000.0 * (c1[k] - c0[k]) / answers for k in KINDS}
+    steady_ms["pipeline"] = steady_ms["driver"] + steady_ms["actors"]
     requests = st["requests"]
     actor_cpu = float(stats.model.get("actor_cpu_s", 0.0))
     ideal = c / latency
@@ -161,6 +228,7 @@ def run_point(root: Path, stub: Stub, c: int, latency: float, videos: int, max_s
         "peak_in_flight_pipeline": stats.model.get("peak_in_flight", {}),
         "wall_s": stats.wall_s, "ideal_rps": ideal, "steady_rps": rate, "window_s": window,
         "achieved_over_ideal": rate / ideal, "overall_rps": requests / stats.wall_s,
+        "steady_cpu_ms_per_request": steady_ms,
         "cpu_ms_per_request": {
             "driver": drv * ms, "actors": actor_cpu * ms, "pipeline": (drv + actor_cpu) * ms,
             "ray": ray_cpu["ray"] * ms, "cpu_stage": ray_cpu["cpu_stage"] * ms,
@@ -212,35 +280,38 @@ def main() -> None:
         json.dump(res, sys.stdout, indent=1)
         print()
         return
-    head = ["C", "masklets", "requests", "ideal/s", "steady/s", "achieved/ideal", "overall/s",
+    head = ["C", "masklets", "requests", "ideal/s", "steady/s", "achieved/ideal",
             "server peak", "driver ms", "actors ms", "pipeline ms", "Ray ms", "CPU stage ms",
-            "stub ms", "driver B/masklet", "cores busy"]
+            "stub ms", "whole-run pipeline ms", "driver B/masklet", "cores busy"]
     rows = [head]
     for p in points:
-        cpu = p["cpu_ms_per_request"]
+        cpu = p["steady_cpu_ms_per_request"]
         rows.append([str(p["concurrency"]), str(p["masklets"]), str(p["requests"]),
                      f"{p['ideal_rps']:.0f}", f"{p['steady_rps']:.1f}",
-                     f"{p['achieved_over_ideal']:.2f}", f"{p['overall_rps']:.1f}",
-                     str(p["peak_in_flight_server"]), f"{cpu['driver']:.2f}",
-                     f"{cpu['actors']:.2f}", f"{cpu['pipeline']:.2f}", f"{cpu['ray']:.2f}",
-                     f"{cpu['cpu_stage']:.2f}", f"{cpu['stub_server']:.2f}",
+                     f"{p['achieved_over_ideal']:.2f}", str(p["peak_in_flight_server"]),
+                     f"{cpu['driver']:.2f}", f"{cpu['actors']:.2f}", f"{cpu['pipeline']:.2f}",
+                     f"{cpu['ray']:.2f}", f"{cpu['cpu_stage']:.2f}", f"{cpu['stub_server']:.2f}",
+                     f"{p['cpu_ms_per_request']['pipeline']:.2f}",
                      f"{p['driver_bytes_per_masklet']:.0f}", f"{p['cores_busy']:.0%}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     for k, r in enumerate(rows):
         print("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
         if k == 0:
             print("  ".join("-" * w for w in widths))
+    print("(steady = between the 25th and 75th percentile answer; ms = CPU ms per request "
+          "in that window; whole-run = from execute() start to end, set-up and ramp included)")
     print(f"(L = {args.latency} s; {spec.width}x{spec.height} videos of {spec.frames} frames, "
           f"{spec.objects} masklets each, images at max side {args.max_side}; "
           f"{args.actors} caption actor(s); ms = CPU ms per request; {os.cpu_count()} cores; "
           f"/proc/loadavg before: {load_before}; after: {res['loadavg_after']})")
-    pipe = [p["cpu_ms_per_request"]["pipeline"] for p in points]
+    pipe = [p["steady_cpu_ms_per_request"]["pipeline"] for p in points]
     print("RESULT " + " | ".join(
         f"C={p['concurrency']}: {p['achieved_over_ideal']:.2f} of ideal "
         f"({p['steady_rps']:.0f}/{p['ideal_rps']:.0f} req/s), pipeline "
-        f"{p['cpu_ms_per_request']['pipeline']:.2f} ms/req, "
+        f"{p['steady_cpu_ms_per_request']['pipeline']:.2f} ms/req steady "
+        f"({p['cpu_ms_per_request']['pipeline']:.2f} whole run), "
         f"{p['driver_bytes_per_masklet']:.0f} B/masklet via driver" for p in points)
-        + f" | pipeline CPU/request max/min {max(pipe) / max(1e-9, min(pipe)):.2f}")
+        + f" | steady pipeline CPU/request max/min {max(pipe) / max(1e-9, min(pipe)):.2f}")
 
 
 if __name__ == "__main__":

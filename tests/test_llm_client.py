@@ -400,5 +400,6 @@ def test_pool_reads_chunked_and_close_delimited_answers() -> None:
     assert c.json() == {"a": [1, 2]}
     assert len(seen) == 3  # all three over one keep-alive connection
     assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
-    assert b"Authorization: Bearer k\r\n" in seen[0] and b"Content-Length: 8\r\n" in seen[0]
+    assert b"Authorization: Bearer k\r\n" in seen[0] and seen[0].endswith(b"\r\n\r\n{\"x\":1}")
+    assert b"Content-Length: 7\r\n" in seen[0]
     assert seen[1].startswith(b"GET /v1/models HTTP/1.1\r\n")

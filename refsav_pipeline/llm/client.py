@@ -49,11 +49,12 @@ class ChatResponse:
 
 
 class HttpPool(Protocol):
-    """The connections to one endpoint (``llm.pool.EndpointPool``, or any ``httpx.AsyncClient``)."""
+    """The connections to one endpoint (``llm.pool.EndpointPool``, or an ``httpx.AsyncClient``):
+    answers have ``status_code``, ``headers.get``, ``text`` and ``json()``."""
 
-    async def get(self, url: str, **kwargs: Any) -> httpx.Response: ...
+    async def get(self, url: str, **kwargs: Any) -> Any: ...
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response: ...
+    async def post(self, url: str, **kwargs: Any) -> Any: ...
 
 
 @dataclass

@@ -6,9 +6,10 @@ operation, so a request cost ~1-2 ms of CPU and grew with the pool (a third to t
 caption actor's CPU at 64-256 in flight). The model stage needs exactly one kind of exchange: a
 JSON POST (or a GET) answered with a body. This pool does that on asyncio protocols: idle
 connections wait in a deque (taking one is O(1)), a request is one ``write`` and the answer is
-parsed from the bytes as they arrive (``Content-Length`` or chunked). It returns
-``httpx.Response`` objects and raises httpx's exception types, so callers handle answers and
-failures exactly as with httpx.
+parsed from the bytes as they arrive (``Content-Length`` or chunked). Answers are small
+``Response`` objects with httpx's reading API (``status_code``, ``headers.get``, ``text``,
+``json()``) and failures raise httpx's exception types, so callers handle both exactly as with
+httpx. Bodies are encoded with orjson (the images' base64 dominates a request's bytes).
 
 Each endpoint gets its own pool; the client's per-endpoint semaphore bounds how many
 connections it opens. A connection the server closed while idle is dropped when taken; one that
@@ -22,12 +23,30 @@ import asyncio
 import json as jsonlib
 import ssl
 from collections import deque
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+import orjson
 
 _Answer = tuple[int, list[tuple[bytes, bytes]], bytes, bool]  # status, headers, body, keep-alive
+
+
+@dataclass
+class Response:
+    """An HTTP answer: what the model client reads of ``httpx.Response``, without its cost."""
+
+    status_code: int
+    headers: dict[str, str]  # lower-case names
+    content: bytes
+
+    @property
+    def text(self) -> str:
+        return self.content.decode("utf-8", errors="replace")
+
+    def json(self) -> Any:
+        return jsonlib.loads(self.content)
 
 
 class _Stale(Exception):
@@ -207,9 +226,9 @@ class EndpointPool:
 
     async def request(self, method: str, url: str, *, json: Any = None,
                       content: bytes | None = None, headers: dict[str, str] | None = None,
-                      timeout: float | None = None) -> httpx.Response:
+                      timeout: float | None = None) -> Response:
         host, port, tls, path, netloc = self._target(url)
-        body = jsonlib.dumps(json).encode() if json is not None else (content or b"")
+        body = orjson.dumps(json) if json is not None else (content or b"")
         head = [b"%s %s HTTP/1.1\r\nHost: %s\r\nAccept: */*\r\n" % (method.encode(), path,
                                                                      netloc)]
         if json is not None:
@@ -228,7 +247,7 @@ class EndpointPool:
             raise httpx.ReadTimeout(f"{method} {url} timed out") from e
 
     async def _send(self, method: str, url: str, host: str, port: int, tls: bool,
-                    data: bytes) -> httpx.Response:
+                    data: bytes) -> Response:
         for attempt in (0, 1):
             conn = self._take_idle()
             fresh = conn is None
@@ -248,13 +267,14 @@ class EndpointPool:
                 self._idle.append(conn)
             else:
                 self._drop(conn)
-            return httpx.Response(status, headers=headers, content=body)
+            return Response(status, {n.decode("latin-1"): v.decode("latin-1")
+                                     for n, v in headers}, body)
         raise AssertionError("unreachable")
 
-    async def get(self, url: str, **kwargs: Any) -> httpx.Response:
+    async def get(self, url: str, **kwargs: Any) -> Response:
         return await self.request("GET", url, **kwargs)
 
-    async def post(self, url: str, **kwargs: Any) -> httpx.Response:
+    async def post(self, url: str, **kwargs: Any) -> Response:
         return await self.request("POST", url, **kwargs)
 
     async def aclose(self) -> None:
