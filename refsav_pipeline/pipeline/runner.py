@@ -3,7 +3,8 @@
 Ray does the scheduling, retries and placement. Three small objects do the rest, each one job:
 - ``Scheduler`` decides *how much* may be in flight: at most ``cpu_workers`` videos being
   rendered, at most ``max_prepared_videos`` rendered videos waiting for captions, at most
-  ``max_inflight_masklets`` masklets at the actors, each masklet to the least loaded actor.
+  ``max_inflight_masklets`` masklets at the actors, sent a video's masklets at a time (up to
+  ``CALL_BATCH`` per call) to the least loaded actor.
 - ``ShardBook`` knows when a shard is complete and writes it.
 - ``RunProgress`` shows it, with the requests each model has in flight.
 
@@ -16,6 +17,7 @@ flight.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import math
@@ -102,17 +104,22 @@ def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, finger
                         frames_needed=pv.frames_needed, cpu_s=pv.cpu_s)
 
 
+CALL_BATCH = 8
+"""Masklets of one video sent in one actor call: Ray's cost per call (submit, schedule, reply)
+is shared by them, while the call still ends when its masklets do, a few L later."""
+
+
 @ray.remote(max_restarts=-1, max_task_retries=-1)
 class CaptionActor:
     """Holds one ModelSession (HTTP pools, its own request-cache shard); captions masklets
-    concurrently. Ray resolves the job reference before ``caption`` runs."""
+    concurrently. Ray resolves the job references before ``caption`` runs."""
 
     def __init__(self, cfg: PipelineConfig, out_dir: str) -> None:
         self.session = ModelSession.from_config(cfg, out_dir)
         self._cpu0 = time.process_time()
 
-    async def caption(self, job: MaskletJob) -> RefSavRow:
-        return await caption_masklet(self.session, job)
+    async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
+        return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
 
     async def in_flight(self) -> dict[str, int]:
         return self.session.in_flight()
@@ -356,12 +363,13 @@ class Scheduler:
                 self.plan.sav_root, ref, self._cfg_ref, self.plan.config_fingerprint, only))
         while self.prepared and self.captioning < self.max_masklets:
             shard_id, pos, task, jobs = self.prepared[0]
-            key, job_ref = jobs.pop()
+            n = min(CALL_BATCH, len(jobs), self.max_masklets - self.captioning)
+            batch = [jobs.pop() for _ in range(n)]
             i = min(range(len(self.load)), key=self.load.__getitem__)
-            self.load[i] += 1
-            self.captioning += 1
-            self._watch("captioned", (shard_id, pos, task, key, i),
-                        self.actors[i].caption.remote(job_ref))
+            self.load[i] += n
+            self.captioning += n
+            self._watch("captioned", (shard_id, pos, task, [k for k, _ in batch], i),
+                        self.actors[i].caption.remote(*(ref for _, ref in batch)))
             if not jobs:
                 self.prepared.popleft()
 
@@ -370,9 +378,9 @@ class Scheduler:
         if jobs:
             self.prepared.append((task[0], task[1], task, list(reversed(jobs))))
 
-    def masklet_returned(self, actor: int) -> None:
-        self.captioning -= 1
-        self.load[actor] -= 1
+    def masklets_returned(self, actor: int, n: int) -> None:
+        self.captioning -= n
+        self.load[actor] -= n
 
     def requeue(self, task: VideoTask, key: MaskletKey) -> None:
         """Render one masklet again (its images were lost with the worker that held them)."""
@@ -428,19 +436,21 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                     if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
                         progress.shard_done()
                 else:
-                    shard_id, pos, task, key, actor = tag
-                    sched.masklet_returned(actor)
+                    shard_id, pos, task, keys, actor = tag
+                    sched.masklets_returned(actor, len(keys))
                     try:
-                        row: RefSavRow = fut.result()
+                        rows: list[RefSavRow] = fut.result()
                     except ray.exceptions.ObjectLostError:
-                        log.warning("images of %s were lost; rendering them again", key)
-                        book.video_requeued(shard_id)
-                        sched.requeue(task, key)
+                        log.warning("images of %s were lost; rendering them again", keys)
+                        for key in keys:
+                            book.video_requeued(shard_id)
+                            sched.requeue(task, key)
                     else:
-                        stats.driver_bytes += wire_bytes(row)
-                        stats.masklets += 1
-                        book.add_row(shard_id, pos, row)
-                        progress.masklet_done()
+                        stats.driver_bytes += wire_bytes(rows)
+                        stats.masklets += len(rows)
+                        for row in rows:
+                            book.add_row(shard_id, pos, row)
+                            progress.masklet_done()
                         if book.finish_if_complete(shard_id):
                             progress.shard_done()
                 event = sched.next_event(timeout=0)
