@@ -33,9 +33,9 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from _procs import cpu_of, machine_busy, server_pid
 from _sample import add_sample_args, sample, spec_from_args
 from rich.console import Console
-from server_saturation import cpu_of, server_pid
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
@@ -68,13 +68,6 @@ def _warm() -> int:
     return os.getpid()
 
 
-def machine_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores so far (``/proc/stat``; every process counts)."""
-    f = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = f[3] + f[4]  # idle + iowait
-    return sum(f) - idle, sum(f)
-
-
 def cpu_stage_alone(root: Path, cfg: PipelineConfig, workers: int) -> dict[str, Any]:
     """The pipeline's CPU-stage task over every video, ``workers`` at a time, results fetched
     to the driver as ``run_shards`` does; no model stage. Needs Ray up (and warm)."""
@@ -102,7 +95,7 @@ def cpu_stage_alone(root: Path, cfg: PipelineConfig, workers: int) -> dict[str, 
 def run_once(root: Path, url: str, workers: int, max_side: int) -> dict[str, Any]:
     server = server_pid()
     with tempfile.TemporaryDirectory(prefix="refsav-scaling-") as tmp:
-        out = Path(tmp) / "run"  # fresh output dir, so a fresh cache.sqlite in it
+        out = Path(tmp) / "run"  # fresh output dir, so a fresh request cache in it
         cfg = config(url, workers, max_side)
         t0 = time.perf_counter()
         prepare_output(root, out, cfg)

@@ -160,6 +160,8 @@ class ShardMarker(BaseModel):
     by_status: dict[str, int]
     by_error_kind: dict[str, int] = {}
     sha256: str  # of the Parquet file: a marker never vouches for another file
+    size: int | None = None  # of the Parquet file, with its mtime: trusted without re-hashing
+    mtime_ns: int | None = None
     config_fingerprint: str
     pipeline_version: str
     started_at: float
@@ -182,17 +184,23 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def valid_marker(parquet: Path, fingerprint: str | None = None) -> ShardMarker | None:
-    """The shard's marker if it exists, parses, matches the file's hash (and fingerprint)."""
+def valid_marker(parquet: Path, fingerprint: str | None = None, *,
+                 verify: bool = False) -> ShardMarker | None:
+    """The shard's marker if it exists, parses, and vouches for the file (and fingerprint).
+
+    A file with the size and mtime the marker recorded is trusted as is; any other file (or
+    every file, with ``verify``) is re-hashed and must match the marker's sha256.
+    """
     mpath = marker_path(parquet)
-    if not (mpath.is_file() and parquet.is_file()):
-        return None
     try:
+        st = parquet.stat()
         marker = ShardMarker.model_validate_json(mpath.read_bytes())
-    except ValueError:
+    except (OSError, ValueError):
         return None
     if fingerprint is not None and marker.config_fingerprint != fingerprint:
         return None
+    if not verify and marker.size == st.st_size and marker.mtime_ns == st.st_mtime_ns:
+        return marker
     if marker.sha256 != file_sha256(parquet):
         return None
     return marker

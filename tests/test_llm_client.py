@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
+import signal
 import socket
+import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -19,8 +24,10 @@ from refsav_pipeline.llm.errors import (
     OutageLimitReached,
     UnparseableOutputError,
 )
+from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
+from refsav_pipeline.llm.stub_server import StubServer
 from refsav_pipeline.llm.testing import (
     box_frames,
     crop,
@@ -69,7 +76,7 @@ def test_cache_answers_second_identical_call_without_http(tmp_path: Path) -> Non
         with ModelSession(models_at(srv.url), fast_client(), tmp_path) as s2:
             res = s2.run(calls.describe_object(s2, c, m))
             assert res.masked.cached and srv.stats.requests["chat_completions"] == n + 1
-            assert (tmp_path / "cache.sqlite").is_file()
+            assert list((tmp_path / "cache").glob("*.jsonl"))
 
 
 def test_cache_key_covers_sampling_and_prompt_version(tmp_path: Path) -> None:
@@ -230,7 +237,7 @@ def test_unparseable_judge_output_keeps_raw_text(tmp_path: Path) -> None:
     assert err.kind == "unparseable_output" and err.raw.startswith('{"consistent": true')
     assert err.raw in str(err)
     # nothing unparseable was cached
-    assert len(RequestCache(tmp_path / "cache.sqlite")) == 1
+    assert len(RequestCache(tmp_path / "cache")) == 1
 
 
 def test_server_errors_exhaust_budget(tmp_path: Path) -> None:
@@ -264,7 +271,8 @@ def _writer(path: str, start: int, n: int) -> None:
 
 
 def test_cache_is_safe_with_several_processes(tmp_path: Path) -> None:
-    path = str(tmp_path / "cache.sqlite")
+    """Each writer appends to its own shard; a later reader sees every writer's answers."""
+    path = str(tmp_path / "cache")
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(path, k * 1000, 150)) for k in range(3)]
     for p in procs:
@@ -273,8 +281,166 @@ def test_cache_is_safe_with_several_processes(tmp_path: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     cache = RequestCache(path)
-    assert len(cache) == 451
+    assert cache.shards_loaded == 3 and len(cache) == 451
     assert cache.get("k1149") == {"text": "t1149"} and cache.get("k500") is None
     assert cache.get("shared")["text"].startswith("from ")
     assert cache.stats() == {"hits": 2, "misses": 1, "writes": 0}
-    assert cache._conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert cache.shard is None  # a reader writes no shard
+
+
+_KILLED_WRITER = """
+import sys
+from refsav_pipeline.llm.cache import RequestCache
+cache = RequestCache(sys.argv[1], sync_interval_s=3600)
+i = 0
+while True:
+    cache.put(f"k{i}", {"text": "t" * 200, "i": i})
+    print(i, flush=True)  # acknowledged: put() has returned
+    i += 1
+"""
+
+
+def test_cache_keeps_every_answer_put_before_kill_9(tmp_path: Path) -> None:
+    """Durability contract: what ``put`` returned for survives SIGKILL with no fsync yet."""
+    path = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        acked = -1
+        assert proc.stdout is not None
+        while acked < 2000:
+            line = proc.stdout.readline()
+            assert line, "the writer exited early"
+            acked = int(line)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    cache = RequestCache(path)
+    assert all(f"k{i}" in cache for i in range(acked + 1))
+    assert cache.get(f"k{acked}") == {"text": "t" * 200, "i": acked}
+    assert cache.torn_lines == 0
+
+
+def test_cache_skips_a_torn_last_line_and_reads_a_legacy_sqlite(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    legacy = sqlite3.connect(out / "cache.sqlite")
+    legacy.execute("CREATE TABLE calls (key TEXT PRIMARY KEY, model TEXT, prompt TEXT, "
+                   "record TEXT NOT NULL, created REAL NOT NULL)")
+    legacy.execute("INSERT INTO calls VALUES ('old', '', '', '{\"text\": \"from sqlite\"}', 0)")
+    legacy.commit()
+    legacy.close()
+    cache = RequestCache(out / "cache")
+    cache.put("a", {"text": "A"})
+    cache.put("a", {"text": "second answer ignored"})
+    shard = cache.shard
+    cache.close()
+    assert shard is not None
+    with open(shard, "ab") as fh:  # a power cut in the middle of a line
+        fh.write(b'b\t{"text": "B')
+    again = RequestCache(out / "cache")
+    assert again.get("a") == {"text": "A"} and again.get("old") == {"text": "from sqlite"}
+    assert "b" not in again and again.torn_lines == 1
+    again.put("c", {"text": "C"})  # a new writer, a new shard: the torn one is never appended
+    again.close()
+    assert again.shard != shard and RequestCache(out / "cache").get("c") == {"text": "C"}
+
+
+def test_one_pool_per_endpoint_sized_to_its_concurrency(tmp_path: Path) -> None:
+    """Each endpoint gets its own connections, and all of an endpoint's concurrency reaches
+    the server at once, over no more connections than that."""
+    models = ModelsConfig()
+    with StubServer([models.captioner.name, models.judge.name], latency_s=5) as a, \
+            StubServer([models.captioner.name, models.judge.name], latency_s=5) as b:
+        cfg = models_at([a.url, b.url], max_concurrency=70)
+        with ModelSession(cfg, fast_client(request_timeout_s=60), None) as s:
+            async def burst() -> list:
+                client = s.client("captioner")
+                pools = [ep.http for ep in client.endpoints]
+                assert len({id(p) for p in pools}) == 2
+                assert all(isinstance(p, EndpointPool) for p in pools)
+                _, m = object_jpegs("red")
+                out = await asyncio.gather(*(calls.describe_scene(s, m, f"x{i}")
+                                             for i in range(140)))
+                assert [p.connections for p in pools] == [70, 70]  # kept alive, not more
+                return out
+
+            results = s.run(burst())
+        assert all(r.text for r in results)
+        assert a.stats.requests + b.stats.requests == 140
+        assert a.stats.peak_in_flight == 70 and b.stats.peak_in_flight == 70
+
+
+def _raw_server(answers: list[bytes]) -> tuple[int, list[bytes], socket.socket]:
+    """A loopback server that reads one request per connection-turn and replies the next
+    canned answer verbatim (each split in small pieces), recording the requests."""
+    import threading
+
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    seen: list[bytes] = []
+
+    def serve() -> None:
+        pending = list(answers)
+        while pending:
+            conn, _ = srv.accept()
+            with conn:
+                while pending:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = conn.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = next((int(h.split(b":")[1]) for h in head.split(b"\r\n")
+                                   if h.lower().startswith(b"content-length:")), 0)
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    seen.append(head + b"\r\n\r\n" + body)
+                    answer = pending.pop(0)
+                    for i in range(0, len(answer), 7):
+                        conn.sendall(answer[i:i + 7])
+                        time.sleep(0.001)
+                    if b"connection: close" in answer.lower():
+                        break
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv.getsockname()[1], seen, srv
+
+
+def test_pool_reads_chunked_and_close_delimited_answers() -> None:
+    import httpx
+
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+    sized = b"HTTP/1.1 503 Busy\r\nContent-Length: 4\r\nRetry-After: 2\r\n\r\nbusy"
+    closing = b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"a\": [1, 2]}"
+    port, seen, srv = _raw_server([chunked, sized, closing])
+
+    async def go() -> list[httpx.Response]:
+        pool = EndpointPool(4, httpx.Timeout(5.0))
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        out = [await pool.post(url, json={"x": 1}, headers={"Authorization": "Bearer k"}),
+               await pool.get(url.replace("chat/completions", "models")),
+               await pool.post(url, json={"y": 2})]
+        assert pool.connections == 0  # the server closed the one connection used
+        await pool.aclose()
+        return out
+
+    try:
+        a, b, c = asyncio.run(go())
+    finally:
+        srv.close()
+    assert a.status_code == 200 and a.text == "hello, world"
+    assert b.status_code == 503 and b.text == "busy" and b.headers["retry-after"] == "2"
+    assert c.json() == {"a": [1, 2]}
+    assert len(seen) == 3  # all three over one keep-alive connection
+    assert seen[0].startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert b"Authorization: Bearer k\r\n" in seen[0] and seen[0].endswith(b"\r\n\r\n{\"x\":1}")
+    assert b"Content-Length: 7\r\n" in seen[0]
+    assert seen[1].startswith(b"GET /v1/models HTTP/1.1\r\n")

@@ -23,9 +23,9 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import httpx
 from pydantic import BaseModel
@@ -63,6 +63,15 @@ class ChatResponse:
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
+class HttpPool(Protocol):
+    """The connections to one endpoint (``llm.pool.EndpointPool``, or an ``httpx.AsyncClient``):
+    answers have ``status_code``, ``headers.get``, ``text`` and ``json()``."""
+
+    async def get(self, url: str, **kwargs: Any) -> Any: ...
+
+    async def post(self, url: str, **kwargs: Any) -> Any: ...
+
+
 @dataclass
 class EndpointState:
     """Live bookkeeping for one base URL."""
@@ -70,6 +79,7 @@ class EndpointState:
     url: str
     semaphore: asyncio.Semaphore
     max_concurrency: int
+    http: HttpPool = field(repr=False)
     in_flight: int = 0
     healthy: bool | None = None  # None: not probed yet
     retry_at: float = 0.0
@@ -120,13 +130,13 @@ class ModelClient:
     """Chat completions for one model. Bound to the event loop it is first used in."""
 
     def __init__(self, cfg: ModelEndpointConfig, client_cfg: ClientConfig,
-                 http: httpx.AsyncClient, *, rng: random.Random | None = None) -> None:
+                 pools: Mapping[str, HttpPool], *, rng: random.Random | None = None) -> None:
+        """``pools`` maps each endpoint URL of ``cfg`` to its own connections."""
         self.cfg = cfg
         self.ccfg = client_cfg
-        self.http = http
         self.rng = rng or random.Random()
         self.endpoints = [EndpointState(u, asyncio.Semaphore(cfg.max_concurrency),
-                                        cfg.max_concurrency) for u in cfg.endpoints]
+                                        cfg.max_concurrency, pools[u]) for u in cfg.endpoints]
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.down_since: float | None = None  # monotonic start of the current outage
@@ -148,8 +158,8 @@ class ModelClient:
         ep.probed_at = time.monotonic()
         ok, error = False, ""
         try:
-            r = await self.http.get(f"{ep.url}/models", headers=self.headers,
-                                    timeout=self.ccfg.health_timeout_s)
+            r = await ep.http.get(f"{ep.url}/models", headers=self.headers,
+                                  timeout=self.ccfg.health_timeout_s)
             if r.status_code == 200:
                 names = {m.get("id") for m in r.json().get("data", [])}
                 ok = self.cfg.name in names
@@ -277,7 +287,7 @@ class ModelClient:
                 t0 = time.perf_counter()
                 try:
                     async with asyncio.timeout(self.ccfg.request_timeout_s):
-                        r = await self.http.post(f"{ep.url}/chat/completions", json=body,
+                        r = await ep.http.post(f"{ep.url}/chat/completions", json=body,
                                                  headers=self.headers)
                 except (TimeoutError, httpx.TimeoutException) as e:
                     broken = f"timeout from {ep.url}", e

@@ -164,7 +164,7 @@ class ClientConfig(_Section):
         1800.0, gt=0, description="how long requests wait while no endpoint of a model answers "
         "before the run stops (unmarked, to be resumed)")
     cache: bool = True
-    cache_path: str | None = Field(None, description="default: <out>/cache.sqlite")
+    cache_path: str | None = Field(None, description="a folder; default: <out>/cache")
 
 
 FaultKind = Literal["http_500", "hang", "malformed_json"]

@@ -2,9 +2,11 @@
 
 Built from ``PipelineConfig`` and the run's output directory; cheap to build inside a Ray
 actor (pickling a session rebuilds it from config on the other side instead of shipping
-sockets). HTTP clients and semaphores belong to an event loop, so they are made per running
-loop; sync callers use ``run()``, which drives a private loop thread kept for the session's
-lifetime so connections and endpoint health survive between calls.
+sockets). HTTP connections and semaphores belong to an event loop, so they are made per running
+loop, one pool per (model, endpoint) sized to that endpoint's concurrency; sync callers use
+``run()``, which drives a private loop thread kept for the session's lifetime so connections
+and endpoint health survive between calls. The request cache answers from memory and writes
+on the calling thread, so a call costs no thread hop.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.errors import ModelCallError
+from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
 from refsav_pipeline.llm.results import CallResult, Usage
 
@@ -40,9 +43,13 @@ PROMPT_KEYS: tuple[PromptKey, ...] = ("object_crop", "object_masked", "judge", "
 T = TypeVar("T")
 
 
+CACHE_DIR = "cache"
+"""The request cache's folder inside a run's output directory."""
+
+
 @dataclass
 class _LoopState:
-    http: httpx.AsyncClient
+    pools: list[EndpointPool]
     clients: dict[str, ModelClient]
 
 
@@ -59,7 +66,7 @@ class ModelSession:
         self.cache: RequestCache | None = None
         if self.client_cfg.cache:
             path = self.client_cfg.cache_path or (
-                self.out_dir / "cache.sqlite" if self.out_dir is not None else None)
+                self.out_dir / CACHE_DIR if self.out_dir is not None else None)
             if path is not None:
                 self.cache = RequestCache(path)
         self._states: dict[int, tuple[asyncio.AbstractEventLoop, _LoopState]] = {}
@@ -83,16 +90,16 @@ class ModelSession:
             if entry is not None and entry[0] is loop:
                 return entry[1]
             c = self.client_cfg
-            n = sum(len(m.endpoints) * m.max_concurrency
-                    for m in (self.models.captioner, self.models.judge))
-            http = httpx.AsyncClient(
-                timeout=httpx.Timeout(c.request_timeout_s, connect=c.connect_timeout_s),
-                limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n + 8),
-                trust_env=False)  # never route loopback/cluster traffic via a proxy
+            timeout = httpx.Timeout(c.request_timeout_s, connect=c.connect_timeout_s)
             rng = random.Random()
-            clients = {role: ModelClient(self.model_cfg(role), c, http, rng=rng)
-                       for role in ("captioner", "judge")}
-            state = _LoopState(http, clients)
+            clients: dict[str, ModelClient] = {}
+            all_pools: list[EndpointPool] = []
+            for role in ("captioner", "judge"):
+                mcfg = self.model_cfg(role)  # type: ignore[arg-type]
+                pools = {u: EndpointPool(mcfg.max_concurrency, timeout) for u in mcfg.endpoints}
+                all_pools.extend(pools.values())
+                clients[role] = ModelClient(mcfg, c, pools, rng=rng)
+            state = _LoopState(all_pools, clients)
             self._states[id(loop)] = (loop, state)
             return state
 
@@ -157,7 +164,7 @@ class ModelSession:
             "response_format": response_format,
         })
         if self.cache is not None:
-            rec = await self.cache.aget(key)
+            rec = self.cache.get(key)
             if rec is not None:
                 parsed = parse(rec["text"]) if parse is not None else None
                 result = CallResult(text=rec["text"], model=mcfg.model, prompt_id=tpl.id,
@@ -172,12 +179,11 @@ class ModelSession:
                             prompt_version=tpl.version, usage=resp.usage,
                             latency_s=resp.latency_s, attempts=resp.attempts, cached=False)
         if self.cache is not None:
-            with writing_under(self.cache.path.parent):  # a full disk stops the run, unmarked
-                await self.cache.aput(key, {"text": resp.text, "usage": resp.usage.model_dump(),
-                                            "latency_s": resp.latency_s,
-                                            "attempts": resp.attempts,
-                                            "endpoint": resp.endpoint},
-                                      model=mcfg.model, prompt=tpl.ref)
+            with writing_under(self.cache.path):  # a full disk stops the run, unmarked
+                self.cache.put(key, {"text": resp.text, "usage": resp.usage.model_dump(),
+                                     "latency_s": resp.latency_s, "attempts": resp.attempts,
+                                     "endpoint": resp.endpoint, "model": mcfg.model,
+                                     "prompt": tpl.ref})
         self._count(role, result)
         return result, parsed
 
@@ -191,6 +197,15 @@ class ModelSession:
             else:
                 t["prompt_tokens"] += r.usage.prompt_tokens
                 t["completion_tokens"] += r.usage.completion_tokens
+
+    def in_flight(self) -> dict[str, int]:
+        """Requests at the servers now, per role (all loops)."""
+        with self._lock:
+            out = {"captioner": 0, "judge": 0}
+            for _loop, st in self._states.values():
+                for role, c in st.clients.items():
+                    out[role] += sum(ep.in_flight for ep in c.endpoints)
+            return out
 
     def stats(self) -> dict[str, Any]:
         """Calls, paid tokens per role, cache counters, endpoint counters (all loops)."""
@@ -228,7 +243,8 @@ class ModelSession:
         with self._lock:
             entry = self._states.pop(id(loop), None)
         if entry is not None:
-            await entry[1].http.aclose()
+            for pool in entry[1].pools:
+                await pool.aclose()
 
     def close(self) -> None:
         """Close everything: the private loop's client, the loop thread, the cache."""

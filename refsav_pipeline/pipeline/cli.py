@@ -39,6 +39,9 @@ AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: local.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show progress bars.")]
+VerifyOpt = Annotated[bool, typer.Option(
+    "--verify", help="Re-hash every finished Parquet file instead of trusting a marker whose "
+    "file has the recorded size and mtime.")]
 
 
 def _nothing_to_do(out: Path, retry_failed: bool = False) -> bool:
@@ -115,6 +118,7 @@ def resume(
         help="Same config with other endpoints/concurrency (fingerprint must match).")] = None,
     address: AddressOpt = None,
     progress: ProgressOpt = True,
+    verify: VerifyOpt = False,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
     out = run_folder(out)
@@ -126,7 +130,7 @@ def resume(
                        fix=f"{out} was planned from it: make it readable there again")
         check_models(cfg)
         with _stops_cleanly(out):
-            execute(out, cfg, address=address, retry_failed=retry_failed,
+            execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
                     show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
@@ -134,9 +138,10 @@ def resume(
 def status(
     out: OutOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    verify: VerifyOpt = False,
 ) -> None:
     """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput."""
-    st = run_status(run_folder(out))
+    st = run_status(run_folder(out), verify=verify)
     if as_json:
         typer.echo(st.model_dump_json(indent=1))
     else:

@@ -7,6 +7,7 @@ would mix rows made under different settings in one dataset.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import time
@@ -28,7 +29,7 @@ from refsav_pipeline.pipeline.plan import (
 )
 from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
-from refsav_pipeline.pipeline.shards import ShardState, read_shard, shard_states
+from refsav_pipeline.pipeline.shards import ShardState, parquet_bytes, read_shard, shard_states
 from refsav_pipeline.records import SHARDS_DIR
 from refsav_pipeline.sav.index import index_sav_root
 
@@ -103,24 +104,45 @@ def shards_to_do(out_dir: str | Path, retry_failed: bool = False) -> tuple[int, 
     return todo, len(plan.shards)
 
 
-def failed_keys(out_dir: Path, plan: Plan) -> dict[int, set[MaskletKey]]:
+def failed_keys(out_dir: Path, plan: Plan, *, verify: bool = False
+                ) -> dict[int, set[MaskletKey]]:
     """Per finished shard, the keys of its failed rows."""
     out: dict[int, set[MaskletKey]] = {}
-    for shard_id, (state, marker) in shard_states(out_dir, plan).items():
+    for shard_id, (state, marker) in shard_states(out_dir, plan, verify=verify).items():
         if state is ShardState.done and marker and marker.by_status.get("failed"):
             out[shard_id] = {r.key for r in read_shard(out_dir, shard_id)
                              if r.status == "failed"}
     return out
 
 
+def plan_outside_gc() -> None:
+    """Take the loaded plan (tens of thousands of objects at SA-V scale, alive for the whole
+    run) out of the cyclic GC's reach, so later collections stop walking it again and again:
+    that made resume set-up grow faster than the number of shards."""
+    gc.collect()
+    gc.freeze()
+
+
+def _warm_arrow_pandas() -> None:
+    """Pay the one-time pandas import of pyarrow's Parquet writer now, before dispatch, not
+    inside the first shard write where it would stall the driver for a second."""
+    parquet_bytes([])
+
+
 def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = None,
-            retry_failed: bool = False, show_progress: bool = True,
+            retry_failed: bool = False, verify: bool = False, show_progress: bool = True,
             console: Console | None = None) -> RunStats:
-    """Finish every shard without a valid marker; then, if asked, redo failed rows."""
+    """Finish every shard without a valid marker; then, if asked, redo failed rows.
+
+    A marker vouches for its shard while the file keeps the size and mtime it recorded;
+    ``verify`` re-hashes every finished file instead.
+    """
+    _warm_arrow_pandas()
     out_dir = Path(out_dir)
     plan = load_plan(out_dir)
+    plan_outside_gc()
     console = console or Console(stderr=True)
-    states = shard_states(out_dir, plan)
+    states = shard_states(out_dir, plan, verify=verify)
     pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
     started = time.time()
     total = RunStats()
@@ -131,7 +153,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
             total = run_shards(out_dir, plan, cfg, pending, show_progress=show_progress,
                                console=console)
         if retry_failed:
-            retry = failed_keys(out_dir, plan)
+            retry = failed_keys(out_dir, plan, verify=verify)
             if retry:
                 n = sum(len(v) for v in retry.values())
                 console.print(f"retrying {n} failed rows in {len(retry)} shards")

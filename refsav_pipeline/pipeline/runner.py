@@ -1,15 +1,29 @@
 """Running shards on Ray: CPU-stage tasks feed async caption actors through bounded queues.
 
-Ray does the scheduling, retries and placement; this module only decides *how much* may be in
-flight: at most ``cpu_workers`` videos being rendered, at most ``max_prepared_videos`` rendered
-videos waiting for captions, at most ``max_inflight_masklets`` masklets at the servers. So fast
-decoding never piles frames up in memory and slow servers never starve or flood.
+Ray does the scheduling, retries and placement. Three small objects do the rest, each one job:
+- ``Scheduler`` decides *how much* may be in flight: at most ``cpu_workers`` videos being
+  rendered, at most ``max_prepared_videos`` rendered videos waiting for captions, at most
+  ``max_inflight_masklets`` masklets at the actors, sent a video's masklets at a time (up to
+  ``CALL_BATCH`` per call) to the least loaded actor.
+- ``ShardBook`` knows when a shard is complete and writes it.
+- ``RunProgress`` shows it, with the requests each model has in flight.
+
+The driver stays off the data path: a CPU-stage task puts each masklet's images in Ray's object
+store and returns references; the caption actor receives the reference and Ray moves the bytes
+(node to node, or not at all on one node). The driver moves only small records and learns of
+each finished task from a callback, so its cost per masklet does not grow with what is in
+flight.
 """
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
+import math
 import os
+import pickle
+import queue
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -19,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from pydantic import BaseModel, ConfigDict
 from ray.exceptions import RayTaskError
-from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -39,14 +53,8 @@ from refsav_pipeline.pipeline.captions import caption_masklet
 from refsav_pipeline.pipeline.lifeline import Lifeline
 from refsav_pipeline.pipeline.model_health import ModelHealthLine
 from refsav_pipeline.pipeline.plan import Plan, Shard
-from refsav_pipeline.pipeline.prepare import (
-    MaskletJob,
-    MaskletKey,
-    PreparedVideo,
-    prepare_video,
-    row_sort_key,
-)
-from refsav_pipeline.pipeline.shards import discard_partial, read_shard, write_shard
+from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video, row_sort_key
+from refsav_pipeline.pipeline.shards import ShardListing, discard_partial, read_shard, write_shard
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
 
@@ -85,24 +93,51 @@ def ray_session(address: str | None, cfg: PipelineConfig,
             lifeline.release()
 
 
+class PreparedRefs(BaseModel):
+    """What a CPU-stage task hands the driver: references to the images, never the images."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    video_id: str
+    jobs: list[tuple[MaskletKey, Any]]  # (key, ObjectRef of its MaskletJob)
+    failed: list[RefSavRow]
+    frames_decoded: int = 0
+    frames_needed: int = 0
+    cpu_s: float = 0.0
+
+
 @ray.remote(max_retries=3)
 def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, fingerprint: str,
-                    only: set[MaskletKey] | None) -> PreparedVideo:
-    return prepare_video(sav_root, ref, cfg, fingerprint, only)
+                    only: set[MaskletKey] | None) -> PreparedRefs:
+    pv = prepare_video(sav_root, ref, cfg, fingerprint, only)
+    return PreparedRefs(video_id=pv.video_id, jobs=[(j.key, ray.put(j)) for j in pv.jobs],
+                        failed=pv.failed, frames_decoded=pv.frames_decoded,
+                        frames_needed=pv.frames_needed, cpu_s=pv.cpu_s)
+
+
+CALL_BATCH = 8
+"""Masklets of one video sent in one actor call: Ray's cost per call (submit, schedule, reply)
+is shared by them, while the call still ends when its masklets do, a few L later."""
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
 class CaptionActor:
-    """Holds one ModelSession (HTTP clients, request cache); captions masklets concurrently."""
+    """Holds one ModelSession (HTTP pools, its own request-cache shard); captions masklets
+    concurrently. Ray resolves the job references before ``caption`` runs."""
 
     def __init__(self, cfg: PipelineConfig, out_dir: str) -> None:
         self.session = ModelSession.from_config(cfg, out_dir)
+        self._cpu0 = time.process_time()
 
-    async def caption(self, job: MaskletJob) -> RefSavRow:
-        return await caption_masklet(self.session, job)
+    async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
+        return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
+
+    async def in_flight(self) -> dict[str, int]:
+        return self.session.in_flight()
 
     async def stats(self) -> dict[str, Any]:
-        return self.session.stats()
+        """Session stats, and this process's CPU seconds since it was set up."""
+        return {**self.session.stats(), "actor_cpu_s": time.process_time() - self._cpu0}
 
     @ray.method(concurrency_group="health")  # answers while every caption slot waits
     async def outages(self) -> list[Outage]:
@@ -110,23 +145,28 @@ class CaptionActor:
 
     async def close(self) -> None:
         await self.session.aclose()
+        if self.session.cache is not None:
+            self.session.cache.close()
 
 
-@dataclass
-class _ShardWork:
-    shard: Shard
-    started_at: float
-    videos_left: int
-    jobs_left: int = 0
-    rows: dict[tuple[int, int, int], RefSavRow] = field(default_factory=dict)
-    keep: list[RefSavRow] = field(default_factory=list)  # retry mode: rows that stay
+def actor_config(cfg: PipelineConfig) -> PipelineConfig:
+    """``cfg`` with each endpoint's concurrency split over the actors, so an endpoint never
+    sees more than ``max_concurrency`` requests from the whole run."""
+    n = cfg.run.model_actors
+    models = cfg.models.model_copy(update={
+        role: getattr(cfg.models, role).model_copy(update={
+            "max_concurrency": max(1, math.ceil(getattr(cfg.models, role).max_concurrency / n))})
+        for role in ("captioner", "judge")})
+    return cfg.model_copy(update={"models": models})
 
-    def add(self, video_pos: int, row: RefSavRow) -> None:
-        self.rows[row_sort_key(video_pos, row.masklet_type, row.masklet_index)] = row
 
-    @property
-    def complete(self) -> bool:
-        return self.videos_left == 0 and self.jobs_left == 0
+def start_actors(cfg: PipelineConfig, out_dir: Path) -> list[Any]:
+    """Caption actors spread over the cluster's nodes (best effort: one node is fine too)."""
+    acfg = actor_config(cfg)
+    return [CaptionActor.options(  # type: ignore[attr-defined]
+        max_concurrency=cfg.run.max_inflight_masklets + 4, num_cpus=0,
+        scheduling_strategy="SPREAD",
+    ).remote(acfg, str(out_dir)) for _ in range(cfg.run.model_actors)]
 
 
 @dataclass
@@ -138,13 +178,239 @@ class RunStats:
     frames_needed: int = 0
     cpu_s: float = 0.0
     wall_s: float = 0.0
+    driver_bytes: int = 0  # serialized records the driver received and sent
+    masklets: int = 0
     model: dict[str, Any] = field(default_factory=dict)
 
 
-def _progress(console: Console | None, enabled: bool) -> Progress:
-    return Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console,
-                    disable=not enabled, transient=False)
+class _SizePickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, ray.ObjectRef):  # Ray sends a reference as its id and owner
+            return bytes, (obj.binary() + obj.owner_address(),)
+        return NotImplemented
+
+
+def wire_bytes(obj: Any) -> int:
+    """About the bytes Ray moves for ``obj`` (a reference counts as a reference, not its
+    object): its pickled size, without touching Ray's own serializer."""
+    buf = io.BytesIO()
+    _SizePickler(buf, protocol=5).dump(obj)
+    return buf.tell()
+
+
+# -- shard bookkeeping ---------------------------------------------------------------------
+
+
+@dataclass
+class _ShardWork:
+    shard: Shard
+    started_at: float
+    videos_left: int
+    jobs_left: int = 0
+    rows: dict[tuple[int, int, int], RefSavRow] = field(default_factory=dict)
+    keep: list[RefSavRow] = field(default_factory=list)  # retry mode: rows that stay
+
+    @property
+    def complete(self) -> bool:
+        return self.videos_left == 0 and self.jobs_left == 0
+
+
+VideoTask = tuple[int, int, SavVideoRef, set[MaskletKey] | None]  # shard, position, video, only
+
+
+class ShardBook:
+    """Which shard is waiting for what; writes a shard (Parquet, then marker) once complete."""
+
+    def __init__(self, out_dir: Path, plan: Plan, shards: list[Shard],
+                 retry: dict[int, set[MaskletKey]] | None, stats: RunStats) -> None:
+        self.out_dir = out_dir
+        self.plan = plan
+        self.stats = stats
+        self.work: dict[int, _ShardWork] = {}
+        self.videos: list[VideoTask] = []
+        listing = ShardListing.scan(out_dir) if retry is None else None  # one listing
+        for shard in shards:
+            only = retry.get(shard.shard_id) if retry is not None else None
+            videos = list(enumerate(shard.videos))
+            if only is not None:
+                videos = [(p, v) for p, v in videos if any(k[0] == v.video_id for k in only)]
+            if listing is not None:
+                discard_partial(out_dir, shard, listing)
+            w = _ShardWork(shard, time.time(), videos_left=len(videos))
+            if only is not None:
+                w.keep = [r for r in read_shard(out_dir, shard.shard_id) if r.key not in only]
+            self.work[shard.shard_id] = w
+            self.videos.extend((shard.shard_id, pos, ref, only) for pos, ref in videos)
+
+    def video_prepared(self, shard_id: int, pos: int, jobs: int,
+                       failed: list[RefSavRow]) -> bool:
+        w = self.work[shard_id]
+        w.videos_left -= 1
+        w.jobs_left += jobs
+        for row in failed:
+            self.add_row(shard_id, pos, row, job=False)
+        return self.finish_if_complete(shard_id)
+
+    def video_requeued(self, shard_id: int) -> None:
+        """One of the shard's masklets goes back to the CPU stage (its images were lost)."""
+        w = self.work[shard_id]
+        w.videos_left += 1
+        w.jobs_left -= 1
+
+    def add_row(self, shard_id: int, pos: int, row: RefSavRow, *, job: bool = True) -> None:
+        w = self.work[shard_id]
+        w.rows[row_sort_key(pos, row.masklet_type, row.masklet_index)] = row
+        if job:
+            w.jobs_left -= 1
+
+    def finish_all_complete(self) -> int:
+        """Write shards that need nothing (a retry with nothing to redo, an empty shard)."""
+        return sum(self.finish_if_complete(s) for s in list(self.work))
+
+    def finish_if_complete(self, shard_id: int) -> bool:
+        w = self.work[shard_id]
+        if not w.complete:
+            return False
+        rows = [*w.keep, *w.rows.values()]
+        pos = {v.video_id: i for i, v in enumerate(w.shard.videos)}
+        rows.sort(key=lambda r: row_sort_key(pos[r.video_id], r.masklet_type, r.masklet_index))
+        marker = write_shard(self.out_dir, shard_id, rows, self.plan.config_fingerprint,
+                             w.started_at)
+        self.stats.shards_written += 1
+        self.stats.rows += marker.rows
+        for k, v in marker.by_status.items():
+            self.stats.by_status[k] = self.stats.by_status.get(k, 0) + v
+        del self.work[shard_id]
+        return True
+
+
+# -- progress ------------------------------------------------------------------------------
+
+
+class RunProgress:
+    """Bars for videos, masklets and shards, and the requests each model has in flight."""
+
+    def __init__(self, console: Console | None, enabled: bool, videos: int, shards: int) -> None:
+        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[note]}"), console=console,
+                            disable=not enabled, transient=False)
+        self.videos = self.bar.add_task("videos", total=videos, note="")
+        self.masklets = self.bar.add_task("masklets", total=0, note="")
+        self.shards = self.bar.add_task("shards", total=shards, note="")
+        self.peak_in_flight: dict[str, int] = {}
+
+    def __enter__(self) -> RunProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def video_done(self, jobs: int, failed: int) -> None:
+        total = self.bar.tasks[self.masklets].total or 0
+        self.bar.update(self.masklets, total=total + jobs + failed, advance=failed)
+        self.bar.advance(self.videos)
+
+    def masklet_done(self) -> None:
+        self.bar.advance(self.masklets)
+
+    def shard_done(self) -> None:
+        self.bar.advance(self.shards)
+
+    def in_flight(self, per_actor: list[dict[str, int]]) -> None:
+        total: dict[str, int] = {}
+        for part in per_actor:
+            for role, n in part.items():
+                total[role] = total.get(role, 0) + n
+        for role, n in total.items():
+            self.peak_in_flight[role] = max(self.peak_in_flight.get(role, 0), n)
+        note = "in flight: " + ", ".join(f"{r} {n}" for r, n in total.items())
+        self.bar.update(self.masklets, note=note)
+
+
+# -- scheduling ----------------------------------------------------------------------------
+
+
+class Scheduler:
+    """Bounds what is in flight and places work; finished tasks arrive on one queue.
+
+    Every task's result comes back through a future callback, so the driver never scans the
+    set of pending references (``ray.wait`` over N references costs O(N) per call).
+    """
+
+    def __init__(self, cfg: PipelineConfig, plan: Plan, videos: list[VideoTask],
+                 actors: list[Any]) -> None:
+        run = cfg.run
+        self.cfg = cfg
+        self.plan = plan
+        self.cpu_slots = run.cpu_workers or max(
+            1, int(ray.available_resources().get("CPU", 1) // run.cpus_per_task))
+        self.max_prepared = run.max_prepared_videos
+        self.max_masklets = run.max_inflight_masklets
+        self.todo: deque[VideoTask] = deque(videos)
+        self.preparing = 0
+        self.prepared: deque[tuple[int, int, VideoTask, list[tuple[MaskletKey, Any]]]] = deque()
+        self.captioning = 0
+        self.actors = actors
+        self.load = [0] * len(actors)
+        self.done: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
+        self.sent_bytes = 0
+        self._prepare = _prepare_remote.options(num_cpus=run.cpus_per_task)
+        self._cfg_ref = ray.put(cfg)  # sent once, not with every video
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.todo or self.preparing or self.prepared or self.captioning)
+
+    def _watch(self, kind: str, tag: Any, ref: ray.ObjectRef) -> None:
+        ref.future().add_done_callback(lambda fut: self.done.put((kind, tag, fut)))
+
+    def dispatch(self) -> None:
+        """Start whatever the bounds allow."""
+        while self.todo and self.preparing < self.cpu_slots and \
+                self.preparing + len(self.prepared) < self.max_prepared:
+            task = self.todo.popleft()
+            _, _, ref, only = task
+            self.preparing += 1
+            self.sent_bytes += wire_bytes(ref) + (wire_bytes(only) if only else 0)
+            self._watch("prepared", task, self._prepare.remote(
+                self.plan.sav_root, ref, self._cfg_ref, self.plan.config_fingerprint, only))
+        while self.prepared and self.captioning < self.max_masklets:
+            shard_id, pos, task, jobs = self.prepared[0]
+            n = min(CALL_BATCH, len(jobs), self.max_masklets - self.captioning)
+            batch = [jobs.pop() for _ in range(n)]
+            i = min(range(len(self.load)), key=self.load.__getitem__)
+            self.load[i] += n
+            self.captioning += n
+            self._watch("captioned", (shard_id, pos, task, [k for k, _ in batch], i),
+                        self.actors[i].caption.remote(*(ref for _, ref in batch)))
+            if not jobs:
+                self.prepared.popleft()
+
+    def video_prepared(self, task: VideoTask, jobs: list[tuple[MaskletKey, Any]]) -> None:
+        self.preparing -= 1
+        if jobs:
+            self.prepared.append((task[0], task[1], task, list(reversed(jobs))))
+
+    def masklets_returned(self, actor: int, n: int) -> None:
+        self.captioning -= n
+        self.load[actor] -= n
+
+    def requeue(self, task: VideoTask, key: MaskletKey) -> None:
+        """Render one masklet again (its images were lost with the worker that held them)."""
+        shard_id, pos, ref, _ = task
+        self.todo.appendleft((shard_id, pos, ref, {key}))
+
+    def poll_in_flight(self) -> None:
+        for i, a in enumerate(self.actors):
+            self._watch("in_flight", i, a.in_flight.remote())
+
+    def next_event(self, timeout: float) -> tuple[str, Any, Any] | None:
+        try:
+            return self.done.get(timeout=timeout)
+        except queue.Empty:
+            return None
 
 
 def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: list[Shard], *,
@@ -155,107 +421,59 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     out_dir = Path(out_dir)
     t_start = time.time()
     stats = RunStats()
-    run = cfg.run
-    cpu_slots = run.cpu_workers or max(1, int(ray.available_resources().get("CPU", 1)
-                                              // run.cpus_per_task))
-    node = ray.get_runtime_context().get_node_id()
-    actors = [CaptionActor.options(  # type: ignore[attr-defined]
-        max_concurrency=run.max_inflight_masklets, num_cpus=0,
-        scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
-    ).remote(cfg, str(out_dir)) for _ in range(run.model_actors)]
-    prepare = _prepare_remote.options(num_cpus=run.cpus_per_task)
-
-    work: dict[int, _ShardWork] = {}
-    todo: deque[tuple[int, int, SavVideoRef, set[MaskletKey] | None]] = deque()
-    for shard in shards:
-        only = retry.get(shard.shard_id) if retry is not None else None
-        videos = list(enumerate(shard.videos))
-        if retry is not None:
-            assert only is not None
-            videos = [(p, v) for p, v in videos if any(k[0] == v.video_id for k in only)]
-        else:
-            discard_partial(out_dir, shard)
-        w = _ShardWork(shard, time.time(), videos_left=len(videos))
-        if retry is not None:
-            w.keep = [r for r in read_shard(out_dir, shard.shard_id) if r.key not in only]
-        work[shard.shard_id] = w
-        todo.extend((shard.shard_id, pos, ref, only) for pos, ref in videos)
-
-    preparing: dict[ray.ObjectRef, tuple[int, int]] = {}
-    prepared: deque[tuple[int, int, PreparedVideo]] = deque()
-    captioning: dict[ray.ObjectRef, tuple[int, int]] = {}
-    next_actor = 0
-
-    with _progress(console, show_progress) as bar:
-        t_videos = bar.add_task("videos", total=len(todo))
-        t_masks = bar.add_task("masklets", total=0)
-        t_shards = bar.add_task("shards", total=len(shards))
-        health = ModelHealthLine(actors, bar, console)
-
-        def finish_if_complete(shard_id: int) -> None:
-            w = work[shard_id]
-            if not w.complete:
-                return
-            rows = [*w.keep, *w.rows.values()]
-            pos = {v.video_id: i for i, v in enumerate(w.shard.videos)}
-            rows.sort(key=lambda r: row_sort_key(pos[r.video_id], r.masklet_type,
-                                                 r.masklet_index))
-            marker = write_shard(out_dir, shard_id, rows, plan.config_fingerprint, w.started_at)
-            stats.shards_written += 1
-            stats.rows += marker.rows
-            for k, v in marker.by_status.items():
-                stats.by_status[k] = stats.by_status.get(k, 0) + v
-            bar.advance(t_shards)
-            del work[shard_id]
-
-        for w in list(work.values()):  # a retry with nothing to redo, or an empty shard
-            finish_if_complete(w.shard.shard_id)
-
-        while todo or preparing or prepared or captioning:
-            while todo and len(preparing) < cpu_slots and \
-                    len(preparing) + len(prepared) < run.max_prepared_videos:
-                shard_id, pos, ref, only = todo.popleft()
-                preparing[prepare.remote(plan.sav_root, ref, cfg, plan.config_fingerprint,
-                                         only)] = (shard_id, pos)
-            while prepared and len(captioning) < run.max_inflight_masklets:
-                shard_id, pos, pv = prepared[0]
-                room = run.max_inflight_masklets - len(captioning)
-                batch, pv.jobs[:] = pv.jobs[:room], pv.jobs[room:]
-                for job in batch:
-                    actor = actors[next_actor % len(actors)]
-                    next_actor += 1
-                    captioning[actor.caption.remote(job)] = (shard_id, pos)
-                if not pv.jobs:
-                    prepared.popleft()
-            ready, _ = ray.wait([*preparing, *captioning], num_returns=1, timeout=1.0)
+    book = ShardBook(out_dir, plan, shards, retry, stats)
+    actors = start_actors(cfg, out_dir)
+    sched = Scheduler(cfg, plan, book.videos, actors)
+    in_flight: list[dict[str, int]] = [{} for _ in actors]
+    with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
+        health = ModelHealthLine(actors, progress.bar, console)
+        for _ in range(book.finish_all_complete()):
+            progress.shard_done()
+        last_poll = 0.0
+        while sched.busy:
+            sched.dispatch()
+            if time.monotonic() - last_poll > 1.0:
+                last_poll = time.monotonic()
+                sched.poll_in_flight()
+            event = sched.next_event(timeout=0.5)
             health.poll()
-            for ref in ready:
-                if ref in preparing:
-                    shard_id, pos = preparing.pop(ref)
-                    pv: PreparedVideo = ray.get(ref)
-                    w = work[shard_id]
-                    w.videos_left -= 1
-                    w.jobs_left += len(pv.jobs)
-                    for row in pv.failed:
-                        w.add(pos, row)
+            while event is not None:
+                kind, tag, fut = event
+                if kind == "in_flight":
+                    in_flight[tag] = fut.result()
+                    progress.in_flight(in_flight)
+                elif kind == "prepared":
+                    pv: PreparedRefs = fut.result()
+                    stats.driver_bytes += wire_bytes(pv)
+                    sched.video_prepared(tag, pv.jobs)
                     stats.frames_decoded += pv.frames_decoded
                     stats.frames_needed += pv.frames_needed
                     stats.cpu_s += pv.cpu_s
-                    bar.update(t_masks, total=(bar.tasks[t_masks].total or 0)
-                               + len(pv.jobs) + len(pv.failed), advance=len(pv.failed))
-                    bar.advance(t_videos)
-                    if pv.jobs:
-                        prepared.append((shard_id, pos, pv))
-                    finish_if_complete(shard_id)
+                    progress.video_done(len(pv.jobs), len(pv.failed))
+                    if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
+                        progress.shard_done()
                 else:
-                    shard_id, pos = captioning.pop(ref)
-                    row = _caption_row(ref)
-                    w = work[shard_id]
-                    w.jobs_left -= 1
-                    w.add(pos, row)
-                    bar.advance(t_masks)
-                    finish_if_complete(shard_id)
-    stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
+                    shard_id, pos, task, keys, actor = tag
+                    sched.masklets_returned(actor, len(keys))
+                    try:
+                        rows = _caption_rows(fut)
+                    except ray.exceptions.ObjectLostError:
+                        log.warning("images of %s were lost; rendering them again", keys)
+                        for key in keys:
+                            book.video_requeued(shard_id)
+                            sched.requeue(task, key)
+                    else:
+                        stats.driver_bytes += wire_bytes(rows)
+                        stats.masklets += len(rows)
+                        for row in rows:
+                            book.add_row(shard_id, pos, row)
+                            progress.masklet_done()
+                        if book.finish_if_complete(shard_id):
+                            progress.shard_done()
+                event = sched.next_event(timeout=0)
+        stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
+        stats.model["peak_in_flight"] = dict(progress.peak_in_flight)
+    stats.driver_bytes += sched.sent_bytes
     ray.get([a.close.remote() for a in actors])
     for a in actors:
         ray.kill(a)
@@ -263,11 +481,11 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     return stats
 
 
-def _caption_row(ref: ray.ObjectRef) -> RefSavRow:
-    """A caption actor's row. A ``RunStopped`` raised there (outage limit, full disk) stops the
+def _caption_rows(fut: Any) -> list[RefSavRow]:
+    """A caption call's rows. A ``RunStopped`` raised there (outage limit, full disk) stops the
     run here, before any row of an unfinished shard is written."""
     try:
-        return ray.get(ref)
+        return fut.result()
     except RayTaskError as exc:
         if isinstance(exc.cause, RunStopped):
             raise exc.cause from None

@@ -2,13 +2,18 @@
 
 Write order is Parquet (temp name, fsync, rename) then marker (same). A crash between the two
 leaves a Parquet file no marker vouches for: it is treated as partial, discarded and redone.
+The marker records the file's size and mtime, so status and run start trust a file that still
+has them without reading it; ``verify`` re-hashes every file instead. Finding what is there
+lists the shards folder once, whatever the number of shards.
 """
 
 from __future__ import annotations
 
 import io
+import os
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
@@ -52,6 +57,7 @@ def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], finge
     path = shard_path(out_dir, shard_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, parquet_bytes(rows))
+    st = path.stat()
     errors = Counter(r.error_kind for r in rows if r.status == "failed" and r.error_kind)
     marker = ShardMarker(
         shard_id=shard_id,
@@ -59,6 +65,8 @@ def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], finge
         by_status=dict(sorted(Counter(r.status for r in rows).items())),
         by_error_kind=dict(sorted(errors.items())),
         sha256=file_sha256(path),
+        size=st.st_size,
+        mtime_ns=st.st_mtime_ns,
         config_fingerprint=fingerprint,
         pipeline_version=__version__,
         started_at=started_at if started_at is not None else time.time(),
@@ -77,24 +85,56 @@ def read_shard(out_dir: str | Path, shard_id: int) -> list[RefSavRow]:
     return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=ROW_SCHEMA))
 
 
-def shard_states(out_dir: str | Path, plan: Plan) -> dict[int, tuple[ShardState,
-                                                                    ShardMarker | None]]:
-    states = {}
+@dataclass
+class ShardListing:
+    """The shards folder as listed once: file names grouped by the shard they belong to."""
+
+    folder: Path
+    by_shard: dict[str, list[str]] = field(default_factory=dict)
+
+    @classmethod
+    def scan(cls, out_dir: str | Path) -> ShardListing:
+        folder = Path(out_dir) / SHARDS_DIR
+        listing = cls(folder)
+        try:
+            with os.scandir(folder) as entries:
+                names = [e.name for e in entries]
+        except FileNotFoundError:
+            return listing
+        for name in names:
+            # shard-00001.parquet, shard-00001.done.json and their .…tmp-PID temp files
+            stem = name.lstrip(".").split(".", 1)[0]
+            listing.by_shard.setdefault(stem, []).append(name)
+        return listing
+
+    def files(self, shard: Shard | int) -> list[str]:
+        shard_id = shard if isinstance(shard, int) else shard.shard_id
+        return self.by_shard.get(shard_name(shard_id), [])
+
+
+def shard_states(out_dir: str | Path, plan: Plan, *, verify: bool = False
+                 ) -> dict[int, tuple[ShardState, ShardMarker | None]]:
+    """Each planned shard's state. Lists the folder once; reads markers (not Parquet files)
+    unless a file's size or mtime moved, or ``verify`` asks to re-hash every file."""
+    listing = ShardListing.scan(out_dir)
+    states: dict[int, tuple[ShardState, ShardMarker | None]] = {}
     for shard in plan.shards:
+        names = listing.files(shard)
         path = shard_path(out_dir, shard)
-        marker = valid_marker(path, plan.config_fingerprint)
+        marker = None
+        if path.name in names and marker_path(path).name in names:
+            marker = valid_marker(path, plan.config_fingerprint, verify=verify)
         if marker is not None:
             states[shard.shard_id] = (ShardState.done, marker)
-        elif path.exists() or marker_path(path).exists():
+        elif path.name in names or marker_path(path).name in names:
             states[shard.shard_id] = (ShardState.partial, None)
         else:
             states[shard.shard_id] = (ShardState.pending, None)
     return states
 
 
-def discard_partial(out_dir: str | Path, shard: Shard) -> None:
-    """Remove a shard's unvouched file, stale marker and leftover temp files before redoing it."""
-    path = shard_path(out_dir, shard)
-    for p in (path, marker_path(path), *path.parent.glob(f".{path.name}.tmp-*"),
-              *path.parent.glob(f".{marker_path(path).name}.tmp-*")):
-        p.unlink(missing_ok=True)
+def discard_partial(out_dir: str | Path, shard: Shard, listing: ShardListing) -> None:
+    """Remove a shard's unvouched file, stale marker and leftover temp files before redoing it
+    (``listing``: the folder as listed once for the whole run)."""
+    for name in listing.files(shard):
+        (listing.folder / name).unlink(missing_ok=True)

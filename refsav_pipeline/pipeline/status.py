@@ -1,4 +1,8 @@
-"""``refsav status``: where a run stands, from its plan and shard markers alone (no Parquet)."""
+"""``refsav status``: where a run stands, from its plan and shard markers alone.
+
+Parquet files are only stat'ed (size and mtime against the marker), never read, unless
+``verify`` asks to re-hash every one.
+"""
 
 from __future__ import annotations
 
@@ -33,9 +37,9 @@ class RunStatus(BaseModel):
     eta_s: float | None
 
 
-def run_status(out_dir: str | Path) -> RunStatus:
+def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
     plan = load_plan(out_dir)
-    states = shard_states(out_dir, plan)
+    states = shard_states(out_dir, plan, verify=verify)
     counts = Counter(state.value for state, _ in states.values())
     markers = [m for _, m in states.values() if m is not None]
     by_status: Counter[str] = Counter()
