@@ -1,10 +1,13 @@
-"""Shared fixtures: the real SA-V annotation from ../shared and small synthetic SA-V samples."""
+"""Shared fixtures: the real SA-V annotation from ../shared, small synthetic SA-V samples, and a
+local Ray instance per test module."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import ray
 
 from refsav_pipeline.sav.synth import synth_sav
 
@@ -25,3 +28,12 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sav")
     synth_sav(root, videos=4, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """A new local Ray instance (never a stale `ray start` or $RAY_ADDRESS), as `refsav run`."""
+    ray.init(address="local", num_cpus=2, include_dashboard=False,
+             object_store_memory=256 * 1024 * 1024, logging_level="WARNING")
+    yield
+    ray.shutdown()

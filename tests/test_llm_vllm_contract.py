@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import ray
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm import calls
@@ -104,14 +102,6 @@ def test_too_long_prompt_and_too_many_images_are_refused_like_vllm(
         r = _post(srv.url, _image_body(max_completion_tokens=9000))
         assert r.status_code == 400
         assert "max_completion_tokens=9000 cannot be greater than max_model_len=8192" in r.text
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=256 * 1024 * 1024, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def _call_of(body: dict) -> str:

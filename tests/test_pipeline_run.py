@@ -11,7 +11,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import ray
 from pipeline_helpers import config_for, content
 from pycocotools import mask as mask_utils
 
@@ -22,15 +21,6 @@ from refsav_pipeline.pipeline.status import run_status
 from refsav_pipeline.records import ROW_SCHEMA, marker_path, read_rows, shard_files
 from refsav_pipeline.sav.index import find_video
 from refsav_pipeline.sav.synth import load_truth
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=256 * 1024 * 1024,
-             logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")

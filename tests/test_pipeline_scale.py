@@ -10,7 +10,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-import ray
 from pipeline_helpers import config_for, content
 from typer.testing import CliRunner
 
@@ -26,14 +25,6 @@ from refsav_pipeline.pipeline.shards import ShardState, shard_path, shard_states
 from refsav_pipeline.pipeline.status import run_status
 from refsav_pipeline.records import SHARDS_DIR, marker_path, read_rows
 from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
-
-
-@pytest.fixture(scope="module")
-def local_ray() -> Iterator[None]:
-    ray.init(address="local", num_cpus=2, include_dashboard=False,
-             object_store_memory=256 * 1024 * 1024, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def _chat_requests(url: str) -> int:
