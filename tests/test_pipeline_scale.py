@@ -36,7 +36,9 @@ def _chat_requests(url: str) -> int:
 def two_actor_run(synth_root: Path, local_ray: None, tmp_path_factory: pytest.TempPathFactory
                   ) -> Iterator[tuple[Path, RunStats, PipelineConfig]]:
     out = tmp_path_factory.mktemp("two-actors")
-    with reference_server(free_port(), "--latency", "0.3") as url:
+    # each call takes 1.5 s, longer than the driver's 1 s between in-flight polls, so the
+    # progress line sees captioner requests whatever the machine's load
+    with reference_server(free_port(), "--latency", "1.5") as url:
         cfg = config_for(url)
         cfg.run.model_actors = 2
         cfg.run.max_inflight_masklets = 8
