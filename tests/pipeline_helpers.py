@@ -9,10 +9,15 @@ import yaml
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
-from refsav_pipeline.pipeline.cli import with_endpoints
+from refsav_pipeline.pipeline.cli import free_port, with_endpoints
 
 MEASUREMENTS = ("latency_s", "cached_calls")
 """Columns that measure a run rather than describe its content: excluded from identity checks."""
+
+
+def closed_port_url() -> str:
+    """A loopback URL nothing listens on (a port just freed: connection refused)."""
+    return f"http://127.0.0.1:{free_port()}/v1"
 
 
 def config_for(url: str, **client: object) -> PipelineConfig:

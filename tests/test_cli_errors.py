@@ -5,14 +5,13 @@ and no traceback unless ``--debug``."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from factories import write_fake_run
-from pipeline_helpers import write_config
+from pipeline_helpers import closed_port_url, write_config
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
@@ -32,17 +31,9 @@ def _error_lines(output: str) -> list[str]:
     return [line for line in output.splitlines() if line.startswith("error: ")]
 
 
-def _dead_url() -> str:
-    """A loopback URL nothing listens on (bound then closed: connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
-
-
 @pytest.fixture
 def dead_config(tmp_path: Path) -> tuple[Path, str]:
-    url = _dead_url()
+    url = closed_port_url()
     return write_config(with_endpoints(PipelineConfig(), url), tmp_path / "dead.yaml"), url
 
 

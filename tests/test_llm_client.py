@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import closed_port_url
 
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.llm import calls
@@ -37,16 +38,9 @@ from refsav_pipeline.llm.testing import (
     object_frame,
     to_jpeg,
 )
+from refsav_pipeline.pipeline.cli import free_port
 
 COLORS = ["red", "green", "blue", "cyan", "magenta", "orange", "purple", "white"]
-
-
-def closed_port_url() -> str:
-    """A loopback URL nothing listens on (bound then closed: connection refused)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}/v1"
 
 
 def object_jpegs(color: str, cx: int = 80, cy: int = 60) -> tuple[bytes, bytes]:
@@ -192,9 +186,7 @@ def test_outage_past_the_limit_stops_instead_of_failing_the_row(tmp_path: Path) 
 
 
 def test_outage_waits_without_spending_attempts_and_resumes(tmp_path: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     cfg = ReferenceServerConfig(port=port)
     first = ReferenceServer(ModelsConfig(), cfg).start()
     client = fast_client(max_attempts=1, outage_limit_s=60, reprobe_interval_s=0.2)

@@ -5,7 +5,6 @@ that show the exported text, skipped samples coming back last; no browser needed
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from factories import write_fake_run
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
+from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.review import users as users_mod
 from refsav_pipeline.review.actions import ADJUDICATION, Form, Refusal, ReviewActions, Screen
 from refsav_pipeline.review.app import ReviewApp, wait_until_up
@@ -141,15 +141,9 @@ def test_backoff_doubles_from_the_fifth_failure() -> None:
     assert throttle.failure("alice", "10.0.0.1") == (1, 0)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_login_backoff_over_http(team, caplog: pytest.LogCaptureFixture) -> None:
     out, users, _ = team
-    port = _free_port()
+    port = free_port()
     caplog.set_level(logging.WARNING, logger="refsav.review.login")
     demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
     url = f"http://127.0.0.1:{port}"
