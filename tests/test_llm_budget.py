@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
+from PIL import Image, UnidentifiedImageError
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm import calls
-from refsav_pipeline.llm.budget import budget_for, image_tokens, internvl_grid
+from refsav_pipeline.llm.budget import _sof_size, budget_for, image_tokens, internvl_grid, jpeg_size
 from refsav_pipeline.llm.errors import ModelCallError
 from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
@@ -81,3 +85,34 @@ def test_request_that_cannot_fit_fails_its_row_without_reaching_the_server(
     assert msg.startswith("video v9 masklet 2: video_caption@v1 request does not fit")
     assert "6160 image" in msg and "max_completion_tokens 640" in msg
     assert "> max_model_len 4096" in msg
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L", "CMYK"])
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True},
+                                     {"subsampling": 0, "quality": 95},
+                                     {"exif": b"Exif\x00\x00" + b"\x00" * 64,
+                                      "icc_profile": b"\x01" * 3000}])
+def test_jpeg_size_reads_the_header_as_pil_does(mode: str, options: dict) -> None:
+    """The marker walk gives PIL's size for every kind of JPEG a renderer or camera writes."""
+    for w, h in [(1, 1), (17, 300), (848, 480), (1280, 720), (4000, 3)]:
+        buf = io.BytesIO()
+        Image.new(mode, (w, h)).save(buf, "JPEG", **options)
+        data = buf.getvalue()
+        assert _sof_size(data) == (w, h)
+        assert jpeg_size(data) == Image.open(io.BytesIO(data)).size
+    ok, enc = cv2.imencode(".jpg", np.zeros((96, 128, 3), np.uint8))
+    assert ok and _sof_size(enc.tobytes()) == (128, 96)
+
+
+def test_jpeg_size_leaves_what_is_not_a_jpeg_to_pil() -> None:
+    png = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(png, "PNG")
+    assert _sof_size(png.getvalue()) is None
+    assert jpeg_size(png.getvalue()) == (30, 20)  # PIL reads it
+    jpeg = io.BytesIO()
+    Image.new("RGB", (30, 20)).save(jpeg, "JPEG")
+    for broken in (b"", b"\xff\xd8", jpeg.getvalue()[:40], b"\xff\xd8\xff\xda\x00\x02",
+                   b"not an image at all"):
+        assert _sof_size(broken) is None
+        with pytest.raises((UnidentifiedImageError, OSError)):
+            jpeg_size(broken)

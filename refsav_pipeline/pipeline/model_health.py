@@ -1,18 +1,14 @@
 """Which model is down and for how long, shown while the run waits for it.
 
 The outage itself lives in each caption actor's HTTP client (``llm.client``), where requests
-wait for an endpoint to answer. The driver only asks the actors about it, at most once a
-second and without blocking its scheduling loop, and says it: one line when a model goes down
-and when it answers again, and a live line under the progress bars while it is down.
+wait for an endpoint to answer. The driver learns of it from the status every actor reports
+once a second (``CaptionActor.status``, with the requests in flight) and says it: one line
+when a model goes down and when it answers again, and a live line under the progress bars
+while it is down.
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import ray
-from ray.exceptions import RayError
 from rich.console import Console
 from rich.progress import Progress, TaskID
 
@@ -20,34 +16,19 @@ from refsav_pipeline.llm.client import Outage
 
 
 class ModelHealthLine:
-    """Polls the caption actors' ``outages()`` and shows them."""
+    """Shows the outages the caption actors last reported."""
 
-    def __init__(self, actors: list[Any], bar: Progress, console: Console | None,
-                 every_s: float = 1.0) -> None:
-        self.actors = actors
+    def __init__(self, actors: int, bar: Progress, console: Console | None) -> None:
         self.bar = bar
         self.console = console or Console(stderr=True)
-        self.every_s = every_s
         self.task: TaskID = bar.add_task("", total=None, visible=False)
         self.down: dict[str, Outage] = {}
-        self._pending: list[ray.ObjectRef] = []
-        self._asked_at = 0.0
+        self._reported: list[list[Outage]] = [[] for _ in range(actors)]
 
-    def poll(self) -> None:
-        """Collect the last answers if all are in; ask again when due. Never blocks."""
-        if self._pending:
-            ready, _ = ray.wait(self._pending, num_returns=len(self._pending), timeout=0)
-            if len(ready) < len(self._pending):
-                return
-            try:
-                answers: list[list[Outage]] = ray.get(self._pending)
-            except RayError:  # an actor being restarted: ask again next time
-                answers = []
-            self._pending = []
-            self._show([o for per_actor in answers for o in per_actor])
-        if time.monotonic() - self._asked_at >= self.every_s:
-            self._asked_at = time.monotonic()
-            self._pending = [a.outages.remote() for a in self.actors]
+    def report(self, actor: int, outages: list[Outage]) -> None:
+        """One actor's latest outages; the line shows every actor's."""
+        self._reported[actor] = outages
+        self._show([o for per_actor in self._reported for o in per_actor])
 
     def _show(self, outages: list[Outage]) -> None:
         now: dict[str, Outage] = {}

@@ -34,7 +34,7 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayError, RayTaskError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -59,6 +59,9 @@ from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
 
 log = logging.getLogger(__name__)
+
+STATUS_EVERY_S = 1.0
+"""How often the driver asks each caption actor for its status (in flight, outages)."""
 
 
 @contextmanager
@@ -115,6 +118,11 @@ def _prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, finger
                         frames_needed=pv.frames_needed, cpu_s=pv.cpu_s)
 
 
+class ActorStatus(BaseModel):
+    in_flight: dict[str, int]
+    outages: list[Outage]
+
+
 CALL_BATCH = 8
 """Masklets of one video sent in one actor call: Ray's cost per call (submit, schedule, reply)
 is shared by them, while the call still ends when its masklets do, a few L later."""
@@ -132,16 +140,14 @@ class CaptionActor:
     async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
         return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
 
-    async def in_flight(self) -> dict[str, int]:
-        return self.session.in_flight()
-
     async def stats(self) -> dict[str, Any]:
         """Session stats, and this process's CPU seconds since it was set up."""
         return {**self.session.stats(), "actor_cpu_s": time.process_time() - self._cpu0}
 
     @ray.method(concurrency_group="health")  # answers while every caption slot waits
-    async def outages(self) -> list[Outage]:
-        return self.session.outages()
+    async def status(self) -> ActorStatus:
+        """What the progress line shows: requests in flight per model, and outages."""
+        return ActorStatus(in_flight=self.session.in_flight(), outages=self.session.outages())
 
     async def close(self) -> None:
         await self.session.aclose()
@@ -356,6 +362,7 @@ class Scheduler:
         self.load = [0] * len(actors)
         self.done: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self.sent_bytes = 0
+        self.asking: set[int] = set()  # actors asked for their status, not answered yet
         self._prepare = _prepare_remote.options(num_cpus=run.cpus_per_task)
         self._cfg_ref = ray.put(cfg)  # sent once, not with every video
 
@@ -402,9 +409,20 @@ class Scheduler:
         shard_id, pos, ref, _ = task
         self.todo.appendleft((shard_id, pos, ref, {key}))
 
-    def poll_in_flight(self) -> None:
+    def poll_status(self) -> None:
+        """Ask each actor for its status, unless it has not answered the last question (one
+        call per actor per poll: the progress line and the outage line share it)."""
         for i, a in enumerate(self.actors):
-            self._watch("in_flight", i, a.in_flight.remote())
+            if i not in self.asking:
+                self.asking.add(i)
+                self._watch("status", i, a.status.remote())
+
+    def status_returned(self, actor: int, fut: Any) -> ActorStatus | None:
+        self.asking.discard(actor)
+        try:
+            return fut.result()
+        except RayError:  # an actor being restarted: ask again next time
+            return None
 
     def next_event(self, timeout: float) -> tuple[str, Any, Any] | None:
         try:
@@ -426,22 +444,24 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     sched = Scheduler(cfg, plan, book.videos, actors)
     in_flight: list[dict[str, int]] = [{} for _ in actors]
     with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
-        health = ModelHealthLine(actors, progress.bar, console)
+        health = ModelHealthLine(len(actors), progress.bar, console)
         for _ in range(book.finish_all_complete()):
             progress.shard_done()
         last_poll = 0.0
         while sched.busy:
             sched.dispatch()
-            if time.monotonic() - last_poll > 1.0:
+            if time.monotonic() - last_poll > STATUS_EVERY_S:
                 last_poll = time.monotonic()
-                sched.poll_in_flight()
-            event = sched.next_event(timeout=0.5)
-            health.poll()
+                sched.poll_status()
+            event = sched.next_event(timeout=STATUS_EVERY_S)
             while event is not None:
                 kind, tag, fut = event
-                if kind == "in_flight":
-                    in_flight[tag] = fut.result()
-                    progress.in_flight(in_flight)
+                if kind == "status":
+                    status = sched.status_returned(tag, fut)
+                    if status is not None:
+                        in_flight[tag] = status.in_flight
+                        progress.in_flight(in_flight)
+                        health.report(tag, status.outages)
                 elif kind == "prepared":
                     pv: PreparedRefs = fut.result()
                     stats.driver_bytes += wire_bytes(pv)
