@@ -54,6 +54,7 @@ from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
 from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.pipeline.driver import execute, prepare_output
+from refsav_pipeline.pipeline.runner import start_actors
 from refsav_pipeline.pipeline.shards import parquet_bytes
 
 CALLS_PER_MASKLET = 5
@@ -191,6 +192,41 @@ def _warm() -> int:
     return os.getpid()
 
 
+def idle_actor_ms_per_s(url: str, max_side: int, seconds: float = 5.0) -> float:
+    """CPU ms per second of one caption actor with nothing to do: what every actor costs
+    whatever the load (Ray's worker wakes its main thread 100 times a second to check for
+    signals, ``CoreWorker::RunTaskExecutionLoop``)."""
+    with tempfile.TemporaryDirectory(prefix="refsav-idle-actor-") as tmp:
+        (actor,) = start_actors(config(url, 64, max_side, 1), Path(tmp))
+        ray.get(actor.stats.remote())  # up and set up
+        time.sleep(1.0)
+        c0 = ray.get(actor.stats.remote())["actor_cpu_s"]
+        time.sleep(seconds)
+        c1 = ray.get(actor.stats.remote())["actor_cpu_s"]
+        ray.get(actor.close.remote())
+        ray.kill(actor)
+    return 1000.0 * (c1 - c0) / seconds
+
+
+def fixed_and_marginal(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """Pipeline CPU rate (ms/s) in steady state against requests/s, as fixed + marginal.
+
+    CPU per request = marginal + fixed/rate: a fixed cost per second (idle actor and driver
+    threads) is shared by fewer requests at small C, so the whole-cost figure falls with C
+    even when no request costs more than another. The marginal cost between adjacent points
+    is what grows if a request's own cost grows with C (as it did with one big HTTP pool)."""
+    xs = [p["steady_rps"] for p in points]
+    ys = [p["steady_cpu_ms_per_request"]["pipeline"] * p["steady_rps"] for p in points]
+    marginal = [(ys[k + 1] - ys[k]) / (xs[k + 1] - xs[k]) for k in range(len(xs) - 1)
+                if xs[k + 1] != xs[k]]
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
+    return {"pipeline_ms_per_s": ys, "marginal_ms_per_request": marginal,
+            "fit_ms_per_request": slope, "fit_fixed_ms_per_s": my - slope * mx}
+
+
 def run_point(root: Path, stub: Stub, c: int, latency: float, videos: int, max_side: int,
               actors: int) -> dict[str, Any]:
     me = os.getpid()
@@ -268,6 +304,7 @@ def main() -> None:
                  object_store_memory=512 * 1024 * 1024, logging_level=logging.WARNING)
         try:
             ray.get([_warm.remote() for _ in range(os.cpu_count() or 1)])
+            idle_actor = idle_actor_ms_per_s(stub.url, args.max_side)
             points = [run_point(root, stub, c, args.latency, min(videos[c], spec.videos),
                                 args.max_side, args.actors) for c in cs]
         finally:
@@ -275,7 +312,8 @@ def main() -> None:
             stub.close()
     res = {"sample": asdict(spec), "latency_s": args.latency, "max_side": args.max_side,
            "actors": args.actors, "cores": os.cpu_count(), "loadavg_before": load_before,
-           "loadavg_after": loadavg(), "points": points}
+           "loadavg_after": loadavg(), "points": points, "idle_actor_ms_per_s": idle_actor,
+           "fixed_and_marginal": fixed_and_marginal(points) if len(points) > 1 else None}
     if args.json:
         json.dump(res, sys.stdout, indent=1)
         print()
@@ -305,13 +343,26 @@ def main() -> None:
           f"{args.actors} caption actor(s); ms = CPU ms per request; {os.cpu_count()} cores; "
           f"/proc/loadavg before: {load_before}; after: {res['loadavg_after']})")
     pipe = [p["steady_cpu_ms_per_request"]["pipeline"] for p in points]
+    fm = res["fixed_and_marginal"]
+    flat = ""
+    if fm is not None:
+        marg = fm["marginal_ms_per_request"]
+        print(f"(pipeline CPU in steady state = fixed + marginal x requests/s: fit "
+              f"{fm['fit_fixed_ms_per_s']:.1f} ms/s + {fm['fit_ms_per_request']:.2f} ms per "
+              f"request; marginal between adjacent C: "
+              + ", ".join(f"{m:.2f}" for m in marg)
+              + f" ms/request; one idle caption actor alone: {idle_actor:.1f} ms/s)")
+        flat = (f" | marginal pipeline CPU/request {', '.join(f'{m:.2f}' for m in marg)} ms, "
+                f"max/min {max(marg) / max(1e-9, min(marg)):.2f}; fixed "
+                f"{fm['fit_fixed_ms_per_s']:.1f} ms/s (idle actor {idle_actor:.1f} ms/s)")
     print("RESULT " + " | ".join(
         f"C={p['concurrency']}: {p['achieved_over_ideal']:.2f} of ideal "
         f"({p['steady_rps']:.0f}/{p['ideal_rps']:.0f} req/s), pipeline "
         f"{p['steady_cpu_ms_per_request']['pipeline']:.2f} ms/req steady "
         f"({p['cpu_ms_per_request']['pipeline']:.2f} whole run), "
         f"{p['driver_bytes_per_masklet']:.0f} B/masklet via driver" for p in points)
-        + f" | steady pipeline CPU/request max/min {max(pipe) / max(1e-9, min(pipe)):.2f}")
+        + f" | steady pipeline CPU/request max/min {max(pipe) / max(1e-9, min(pipe)):.2f}"
+        + flat)
 
 
 if __name__ == "__main__":

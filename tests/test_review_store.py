@@ -48,14 +48,16 @@ def test_two_processes_lose_nothing(tmp_path: Path) -> None:
     DecisionStore(db)
     samples = [dict(video_id=f"v{i}", masklet_type="manual", masklet_id=i, sample_version="x")
                for i in range(7)]
-    ctx = multiprocessing.get_context("fork")
+    # spawn, not fork: this process holds an open connection, and SQLite's per-file lock and
+    # shared-memory state must never be inherited by a child that opens the file again
+    ctx = multiprocessing.get_context("spawn")
     procs = [ctx.Process(target=_writer, args=(str(db), samples, name))
              for name in ("alice", "bob")]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+        p.join(600)  # 240 fsynced commits: slow on a busy shared disk, never stuck
+        assert p.exitcode == 0, f"writer exit code {p.exitcode} (None: still running)"
     log = DecisionStore(db).decisions()
     assert len(log) == 2 * PER_WRITER
     for name in ("alice", "bob"):
