@@ -303,6 +303,11 @@ class RequestCache:
         return self._shard
 
     @property
+    def writes_to(self) -> Path:
+        """The folder ``put`` writes in (for error messages: a full local disk says so)."""
+        return self.local or self.path
+
+    @property
     def local_shard(self) -> Path | None:
         """This writer's node-local shard (with staging, from the first ``put`` to ``close``)."""
         if self._shard is None or self.local is None:

@@ -188,7 +188,7 @@ class ModelSession:
                             prompt_version=tpl.version, usage=resp.usage,
                             latency_s=resp.latency_s, attempts=resp.attempts, cached=False)
         if self.cache is not None:
-            with writing_under(self.cache.path):  # a full disk stops the run, unmarked
+            with writing_under(self.cache.writes_to):  # a full disk stops the run, unmarked
                 self.cache.put(key, {"text": resp.text, "usage": resp.usage.model_dump(),
                                      "latency_s": resp.latency_s, "attempts": resp.attempts,
                                      "endpoint": resp.endpoint, "model": mcfg.model,
