@@ -24,10 +24,16 @@ its Ray actor, or of the driver) loses nothing it has put: its node promotes it 
 Local shards are fsynced in the background at most ``sync_interval_s`` apart. A node that is
 lost (machine crash, power loss, a pod whose emptyDir goes with it) takes its unpromoted
 answers with it, at most ``promote_interval_s`` of them per writer: those calls are made again
-on resume and the rows stay the same. A torn last line is skipped on load.
+on resume and the rows stay the same.
 
-Without a local folder (``local_dir=None``) a writer appends straight to its shared shard, as
-before staging (single machine, tests).
+The local root is ``ClientConfig.cache_local_dir``: by default ``<temp dir>/refsav-cache`` of
+each node ($TMPDIR if set); on Slurm or Kubernetes point it at node-local scratch (a local
+disk, an emptyDir). With ``""`` a writer appends straight to its shared shard, as before
+staging (single machine, tests). A promotion that fails (shared storage away) is retried at the
+next interval; the answers stay on local disk meanwhile.
+
+A torn last line and a line with a NUL byte (a hole left by a crash on NFS) are skipped on
+load, so a reader never takes part of a line for an answer.
 
 A legacy ``cache.sqlite`` next to the folder (runs made before shards) is read once, read-only.
 """
@@ -133,7 +139,7 @@ def promote(local_fd: int, shared: Path, mark_fd: int) -> int:
     shard) holds the offset up to which the shared shard is known durable: it is written only
     after the shared shard's fsync. A promotion writes at explicit offsets from the mark, so
     one killed at any point (a torn last line, or on NFS unflushed pages of the shared file)
-    is simply redone over the same bytes by the next one; at worst bytes are written twice.
+    is simply redone over the same bytes by the next one; at worst bytes are written again.
     The offset is not derived from the shared file's size because after a crash that size can
     cover a hole of zeros. The mark itself needs no fsync: an older mark only means rewriting.
     """
