@@ -7,47 +7,16 @@ killed writer left is promoted by a task on its node; a killed promotion loses n
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from pipeline_helpers import killed_cache_writer
 
 from refsav_pipeline.llm.cache import RequestCache, local_namespace, promote, promote_orphans
 from refsav_pipeline.llm.config import ClientConfig
 from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
-
-_KILLED_WRITER = """
-import sys
-from refsav_pipeline.llm.cache import RequestCache
-cache = RequestCache(sys.argv[1], local_dir=sys.argv[2], promote_interval_s=float(sys.argv[3]))
-i = 0
-while True:
-    cache.put(f"k{i}", {"text": "t" * 200, "i": i})
-    print(i, flush=True)  # acknowledged: put() has returned
-    i += 1
-"""
-
-
-def _write_then_kill(shared: Path, local: Path, answers: int, interval: float = 3600) -> int:
-    """A real writer process puts answers and is killed with SIGKILL; returns the last acked."""
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(shared), str(local),
-                             str(interval)], stdout=subprocess.PIPE, text=True)
-    try:
-        acked = -1
-        assert proc.stdout is not None
-        while acked < answers:
-            line = proc.stdout.readline()
-            assert line, "the writer exited early"
-            acked = int(line)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(10)
-    return acked
 
 
 def _shared_only(shared: Path) -> RequestCache:
@@ -68,7 +37,7 @@ def test_a_killed_writers_shard_is_promoted_on_its_node_a_live_one_is_not(
     live = RequestCache(shared, local_dir=str(local), promote_interval_s=3600)
     for i in range(50):
         live.put(f"live{i}", {"text": f"L{i}"})
-    acked = _write_then_kill(shared, local, 1500)  # its open leaves the live shard alone
+    acked = killed_cache_writer(shared, local, 1500)  # its open leaves the live shard alone
     ns = local_namespace(shared, str(local))
     assert ns is not None and len(list(ns.glob("*.jsonl"))) == 2
     assert len(_shared_only(shared)) == 0  # nothing promoted yet: all of it is on local disk
@@ -171,7 +140,7 @@ def test_a_killed_promotion_loses_nothing_and_corrupts_nothing(tmp_path: Path, c
 def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Path) -> None:
     """The orphan path: from the dead writer's mark, over whatever its last promotion left."""
     shared, local = tmp_path / "cache", tmp_path / "local"
-    acked = _write_then_kill(shared, local, 3000, interval=0.01)
+    acked = killed_cache_writer(shared, local, 3000, interval=0.01)
     ns = local_namespace(shared, str(local))
     assert ns is not None
     [orphan] = ns.glob("*.jsonl")
@@ -194,7 +163,7 @@ def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Pat
 def test_a_restarted_writer_on_the_same_node_promotes_its_predecessor(tmp_path: Path) -> None:
     """An actor restarted by Ray opens the cache again: dead shards of its node come first."""
     shared, local = tmp_path / "cache", tmp_path / "local"
-    acked = _write_then_kill(shared, local, 200)
+    acked = killed_cache_writer(shared, local, 200)
     again = RequestCache(shared, local_dir=str(local))
     assert all(f"k{i}" in again for i in range(acked + 1))
     assert not local_namespace(shared, str(local)).exists()  # type: ignore[union-attr]
