@@ -152,6 +152,8 @@ def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Pat
         fh.truncate(marked)
         fh.seek(marked)
         fh.write(bytes(50) + staged[marked + 50: marked + 300])
+    (ns / "gone.jsonl.promoted").write_text("12\n")  # its shard was deleted at a close
+    (ns / "w.jsonl.new").write_bytes(b"")  # a writer killed before it locked its shard
     report = promote_orphans(shared, str(local))
     assert (report.shards, report.busy) == (1, 0)
     assert (shared / orphan.name).read_bytes() == staged

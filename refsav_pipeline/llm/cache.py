@@ -213,6 +213,8 @@ def promote_orphans(shared: str | Path, local_dir: str | None) -> OrphanReport:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
             continue
+        if not name.endswith((SHARD_SUFFIX, NEW_SUFFIX)):
+            continue  # not ours
         try:
             fd = os.open(path, os.O_RDONLY)
         except FileNotFoundError:  # its writer closed it meanwhile
@@ -279,11 +281,9 @@ class RequestCache:
         self.misses = 0
         self.writes = 0
         self.torn_lines = 0
-        self.promoted_bytes = 0
         self._index: dict[str, str] = {}
         if self.local is not None:  # e.g. this actor's previous life on this node
-            orphans = promote_orphans(self.path, local_dir)
-            self.promoted_bytes += orphans.bytes
+            promote_orphans(self.path, local_dir)
         legacy = self.path.parent / LEGACY_SQLITE
         if legacy.is_file():
             _read_sqlite(legacy, self._index)
@@ -377,15 +377,13 @@ class RequestCache:
 
     def promote(self) -> int:
         """Copy this writer's unpromoted answers to its shared shard now; returns bytes.
-        Called from the background thread and ``close`` only (never concurrently)."""
+        Called by the background thread and ``close`` (and tests), never concurrently."""
         fd, shard, local = self._fd, self._shard, self.local_shard
         if fd is None or shard is None or local is None:
             return 0
         if self._mark is None:
             self._mark = _open_mark(local)
-        n = promote(fd, shard, self._mark)
-        self.promoted_bytes += n
-        return n
+        return promote(fd, shard, self._mark)
 
     def __len__(self) -> int:
         return len(self._index)
