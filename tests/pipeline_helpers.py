@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,3 +43,38 @@ def write_config(cfg: PipelineConfig, path: Path) -> Path:
 
 def content(table: pa.Table) -> list[dict]:
     return table.drop_columns(list(MEASUREMENTS)).to_pylist()
+
+
+_KILLED_WRITER = """
+import sys
+from refsav_pipeline.llm.cache import RequestCache
+local = None if sys.argv[2] == "default" else sys.argv[2]
+cache = RequestCache(sys.argv[1], local_dir=local, promote_interval_s=float(sys.argv[3]))
+i = 0
+while True:
+    cache.put(f"k{i}", {"text": "t" * 200, "i": i})
+    print(i, flush=True)  # acknowledged: put() has returned
+    i += 1
+"""
+
+
+def killed_cache_writer(shared: Path, local: Path | None, answers: int,
+                        interval: float = 3600, env: dict[str, str] | None = None) -> int:
+    """A real process puts answers into a request cache (staged under ``local``, or the
+    default local folder if None) and is killed with SIGKILL; returns the last acked."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _KILLED_WRITER, str(shared),
+         "default" if local is None else str(local), str(interval)],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
+    try:
+        acked = -1
+        assert proc.stdout is not None
+        while acked < answers:
+            line = proc.stdout.readline()
+            assert line, "the writer exited early"
+            acked = int(line)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(10)
+    return acked

@@ -12,8 +12,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline_helpers import config_for, write_config
+import ray
+from pipeline_helpers import config_for, killed_cache_writer, write_config
+from ray.cluster_utils import Cluster
 
+from refsav_pipeline.llm.cache import RequestCache, local_namespace
+from refsav_pipeline.llm.config import ClientConfig
+from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import load_truth
@@ -72,3 +77,37 @@ def test_run_joins_an_existing_cluster(synth_root: Path, tmp_path: Path) -> None
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(10)
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_leftover_cache_shards_are_promoted_on_every_node(tmp_path: Path) -> None:
+    """Two Ray nodes with different temp dirs (so different node-local disks): a writer killed
+    on each leaves its shard under its node's temp dir; the run-start task on each node finds
+    and promotes its own. The default local folder is resolved on the node, not the driver."""
+    disks = {name: tmp_path / name for name in ("node-a", "node-b")}
+    for d in disks.values():
+        d.mkdir()
+    shared = tmp_path / "out" / "cache"
+    acked = {name: killed_cache_writer(shared, None, 200 + 100 * i, env={"TMPDIR": str(d)})
+             for i, (name, d) in enumerate(disks.items())}
+    staged = {name: local_namespace(shared, str(d / "refsav-cache"))
+              for name, d in disks.items()}
+    assert all(ns is not None and len(list(ns.glob("*.jsonl"))) == 1 for ns in staged.values())
+    os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster: no token to hand around
+    cluster = Cluster()
+    try:
+        for d in disks.values():
+            cluster.add_node(num_cpus=1, env_vars={"TMPDIR": str(d)})
+        ray.init(address=cluster.address, logging_level="WARNING")
+        cluster.wait_for_nodes()
+        reports = promote_on_every_node(ClientConfig(cache_path=str(shared)), tmp_path / "out")
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+        os.environ.pop("RAY_AUTH_MODE", None)
+    assert sorted(r.shards for r in reports) == [1, 1]  # each node promoted its own shard
+    seen = RequestCache(shared, local_dir="")
+    assert seen.shards_loaded == 2 and seen.torn_lines == 0
+    lines = sorted(len(p.read_bytes().splitlines()) for p in shared.glob("*.jsonl"))
+    assert all(n > a for n, a in zip(lines, sorted(acked.values()), strict=True))
+    assert all(f"k{i}" in seen for i in range(max(acked.values()) + 1))
+    assert not any(ns.exists() for ns in staged.values() if ns is not None)

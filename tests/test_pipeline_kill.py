@@ -7,6 +7,8 @@ reference server (with latency, so there is a middle of the run to kill it in).
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +20,9 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import config_for, content, write_config
 
+from refsav_pipeline.llm.cache import RequestCache, local_namespace
+from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.records import SHARDS_DIR, read_rows
 from refsav_pipeline.sav.synth import synth_sav
@@ -36,9 +41,9 @@ def slow_server() -> Iterator[str]:
         yield url
 
 
-def _slow_config(url: str, path: Path) -> Path:
+def _slow_config(url: str, path: Path, **client: object) -> Path:
     """Few masklets in flight, so shards finish one after another and there is a middle."""
-    cfg = config_for(url)
+    cfg = config_for(url, **client)
     cfg.run.max_inflight_masklets = 4
     cfg.run.max_prepared_videos = 2
     return write_config(cfg, path)
@@ -141,7 +146,9 @@ def test_kill_a_worker_mid_run(sample: Path, slow_server: str, straight_run: Pat
     try:
         _wait_for(lambda: bool(_ray_workers(proc.pid, "ray::CaptionActor")),
                   what="the caption actor")
-        _wait_for(lambda: any((out / "cache").glob("*.jsonl")), what="first model calls")
+        staged = local_namespace(out / "cache", None)  # the default: under the temp dir
+        assert staged is not None
+        _wait_for(lambda: any(staged.glob("*.jsonl")), what="first model calls")
         time.sleep(0.5)
         for pid in _ray_workers(proc.pid, "ray::CaptionActor"):
             os.kill(pid, signal.SIGKILL)
@@ -149,3 +156,66 @@ def test_kill_a_worker_mid_run(sample: Path, slow_server: str, straight_run: Pat
     finally:
         _reap_group(proc)
     assert content(read_rows(out)) == content(read_rows(straight_run))
+
+
+def _staged_keys(folder: Path) -> set[str]:
+    """Keys of the whole lines in the node-local cache shards under ``folder``."""
+    keys: set[str] = set()
+    for shard in folder.glob("*.jsonl"):
+        for line in shard.read_bytes().splitlines(keepends=True):
+            if line.endswith(b"\n"):
+                keys.add(line.split(b"\t", 1)[0].decode())
+    return keys
+
+
+def _writers_dead(folder: Path) -> bool:
+    """Every local shard's lock can be taken: no caption actor is writing any more."""
+    for shard in folder.glob("*.jsonl"):
+        with open(shard, "rb") as fh:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+    return True
+
+
+def test_kill_before_any_promotion_then_resume_repeats_no_answered_call(
+        sample: Path, straight_run: Path, tmp_path: Path) -> None:
+    """Every answer put before kill -9 is only on node-local disk (promotion every hour); the
+    resume's promotion task brings it to <out>/cache/ and no such call is made again."""
+    out, local = tmp_path / "run", tmp_path / "local"
+    staged = local_namespace(out / "cache", str(local))
+    assert staged is not None
+    server = ReferenceServer(ModelsConfig(), ReferenceServerConfig(port=0, latency_s=0.15),
+                             record_bodies=True)
+    with server as srv:
+        bodies = srv.stats.bodies
+        assert bodies is not None
+        cfg = _slow_config(srv.url, tmp_path / "cfg.yaml", cache_local_dir=str(local),
+                           cache_promote_interval_s=3600)
+        proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
+                              str(cfg), "--no-progress"))
+        try:
+            _wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
+            assert proc.poll() is None, "the run ended before it could be killed"
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            _reap_group(proc)
+        _wait_for(lambda: _writers_dead(staged), what="the caption actors to die")
+        answered = _staged_keys(staged)
+        assert len(RequestCache(out / "cache", local_dir="")) == 0  # nothing promoted yet
+        assert _markers(out) < 4
+        before = len(bodies)
+        log = _finish(_start(_refsav("resume", "--out", str(out), "--config", str(cfg),
+                                     "--no-progress")))
+        asked = {json.dumps(b, sort_keys=True) for b in bodies[before:]}
+    final = RequestCache(out / "cache", local_dir="")
+    assert all(k in final for k in answered)
+    # The resume asked exactly the calls with no answer yet (identical requests made at
+    # once by two masklets count once: they are one call, one key).
+    assert len(asked) == len(final) - len(answered)
+    assert "request cache: promoted" in log  # by the task at run start, before the actors
+    resumed = read_rows(out)
+    assert sum(resumed.column("cached_calls").to_pylist()) > 0  # the resume used them
+    assert content(resumed) == content(read_rows(straight_run))
+    assert not staged.exists()

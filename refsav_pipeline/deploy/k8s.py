@@ -76,9 +76,12 @@ def _resources(cpus: int, memory: str, gpus: int = 0) -> dict[str, Any]:
 
 def _pod(o: K8sOptions, container: str, resources: dict[str, Any], *, config: bool = False,
          shm: bool = False, ports: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    mounts = [{"name": "data", "mountPath": o.mount}]
+    # /tmp on node-local scratch: caption actors (on any pod) stage request-cache shards there
+    # before copying them to --out, and an emptyDir outlives a container restart in its pod
+    mounts = [{"name": "data", "mountPath": o.mount}, {"name": "tmp", "mountPath": "/tmp"}]
     volumes: list[dict[str, Any]] = [
-        {"name": "data", "persistentVolumeClaim": {"claimName": o.pvc}}]
+        {"name": "data", "persistentVolumeClaim": {"claimName": o.pvc}},
+        {"name": "tmp", "emptyDir": {}}]
     if config:
         mounts.append({"name": "config", "mountPath": CONFIG_DIR, "readOnly": True})
         volumes.append({"name": "config", "configMap": {"name": f"{o.name}-config"}})

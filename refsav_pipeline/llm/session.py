@@ -47,6 +47,15 @@ CACHE_DIR = "cache"
 """The request cache's folder inside a run's output directory."""
 
 
+def cache_folder(client: ClientConfig, out_dir: str | Path | None) -> Path | None:
+    """The shared request-cache folder of a run, or None (no cache)."""
+    if not client.cache:
+        return None
+    if client.cache_path:
+        return Path(client.cache_path)
+    return Path(out_dir) / CACHE_DIR if out_dir is not None else None
+
+
 @dataclass
 class _LoopState:
     pools: list[EndpointPool]
@@ -64,11 +73,11 @@ class ModelSession:
         self.prompts: dict[str, PromptTemplate] = {
             k: load_prompt(getattr(models.prompts, k), models.prompts.dir) for k in PROMPT_KEYS}
         self.cache: RequestCache | None = None
-        if self.client_cfg.cache:
-            path = self.client_cfg.cache_path or (
-                self.out_dir / CACHE_DIR if self.out_dir is not None else None)
-            if path is not None:
-                self.cache = RequestCache(path)
+        path = cache_folder(self.client_cfg, self.out_dir)
+        if path is not None:
+            c = self.client_cfg
+            self.cache = RequestCache(path, local_dir=c.cache_local_dir,
+                                      promote_interval_s=c.cache_promote_interval_s)
         self._states: dict[int, tuple[asyncio.AbstractEventLoop, _LoopState]] = {}
         self._lock = threading.Lock()
         self._totals: dict[str, dict[str, int]] = {}
@@ -179,7 +188,7 @@ class ModelSession:
                             prompt_version=tpl.version, usage=resp.usage,
                             latency_s=resp.latency_s, attempts=resp.attempts, cached=False)
         if self.cache is not None:
-            with writing_under(self.cache.path):  # a full disk stops the run, unmarked
+            with writing_under(self.cache.writes_to):  # a full disk stops the run, unmarked
                 self.cache.put(key, {"text": resp.text, "usage": resp.usage.model_dump(),
                                      "latency_s": resp.latency_s, "attempts": resp.attempts,
                                      "endpoint": resp.endpoint, "model": mcfg.model,

@@ -17,6 +17,7 @@ from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, writing_under
+from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
 from refsav_pipeline.pipeline.plan import (
     CONFIG_FILE,
     PLAN_FILE,
@@ -148,6 +149,10 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     total = RunStats()
     ensure_writable(out_dir / SHARDS_DIR)  # before Ray starts, not at the first shard
     with ray_session(address, cfg, console):
+        left = [r for r in promote_on_every_node(cfg.client, out_dir) if r.shards]
+        if left:
+            console.print(f"request cache: promoted {sum(r.shards for r in left)} shard(s) "
+                          f"left by stopped actors on {len(left)} node(s)")
         if pending:
             console.print(f"{len(pending)} of {len(plan.shards)} shards to do")
             total = run_shards(out_dir, plan, cfg, pending, show_progress=show_progress,
