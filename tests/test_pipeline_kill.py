@@ -219,3 +219,30 @@ def test_kill_before_any_promotion_then_resume_repeats_no_answered_call(
     assert sum(resumed.column("cached_calls").to_pylist()) > 0  # the resume used them
     assert content(resumed) == content(read_rows(straight_run))
     assert not staged.exists()
+
+
+def test_interrupted_run_promotes_its_answers_before_it_exits(
+        sample: Path, slow_server: str, tmp_path: Path) -> None:
+    """SIGINT (Ctrl-C, or the Slurm job's signal before its time limit) stops the run; the
+    caption actors are closed on the way out, so every answer staged on local disk is in
+    <out>/cache/ when the driver exits, with no resume needed."""
+    out, local = tmp_path / "run", tmp_path / "local"
+    staged = local_namespace(out / "cache", str(local))
+    assert staged is not None
+    cfg = _slow_config(slow_server, tmp_path / "cfg.yaml", cache_local_dir=str(local),
+                       cache_promote_interval_s=3600)
+    proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
+                          str(cfg), "--no-progress"))
+    try:
+        _wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        answered = _staged_keys(staged)
+        os.kill(proc.pid, signal.SIGINT)
+        out_text, _ = proc.communicate(timeout=120)
+    finally:
+        _reap_group(proc)
+    assert proc.returncode != 0, out_text.decode(errors="replace")[-2000:]
+    assert _markers(out) < 4
+    final = RequestCache(out / "cache", local_dir="")
+    assert answered and all(k in final for k in answered)
+    assert not staged.exists() or not list(staged.glob("*.jsonl"))

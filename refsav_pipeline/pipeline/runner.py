@@ -34,7 +34,7 @@ from typing import Any
 
 import ray
 from pydantic import BaseModel, ConfigDict
-from ray.exceptions import RayError, RayTaskError
+from ray.exceptions import GetTimeoutError, RayError, RayTaskError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -59,6 +59,9 @@ from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
 
 log = logging.getLogger(__name__)
+
+ACTOR_CLOSE_TIMEOUT_S = 30.0
+"""How long the driver waits for the caption actors' last promotion when the run ends."""
 
 STATUS_EVERY_S = 1.0
 """How often the driver asks each caption actor for its status (in flight, outages)."""
@@ -153,6 +156,29 @@ class CaptionActor:
         await self.session.aclose()
         if self.session.cache is not None:
             self.session.cache.close()
+
+
+@contextmanager
+def caption_actors(cfg: PipelineConfig, out_dir: Path) -> Iterator[list[Any]]:
+    """The run's caption actors, closed however the run ends (done, stopped, Ctrl-C, Slurm's
+    signal before its time limit), so each one's last request-cache answers are promoted from
+    its node's local disk to ``<out>/cache/`` before Ray takes the actors down."""
+    actors = start_actors(cfg, out_dir)
+    try:
+        yield actors
+    finally:
+        close_actors(actors)
+
+
+def close_actors(actors: list[Any], timeout_s: float = ACTOR_CLOSE_TIMEOUT_S) -> None:
+    """Ask every actor to close (bounded: a stuck one must not hold the driver), then kill."""
+    try:
+        ray.get([a.close.remote() for a in actors], timeout=timeout_s)
+    except (RayError, GetTimeoutError) as exc:
+        log.warning("caption actors did not all close (%s); their unpromoted request-cache "
+                    "answers stay on local disk until the next run promotes them", exc)
+    for a in actors:
+        ray.kill(a)
 
 
 def actor_config(cfg: PipelineConfig) -> PipelineConfig:
@@ -440,63 +466,60 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     t_start = time.time()
     stats = RunStats()
     book = ShardBook(out_dir, plan, shards, retry, stats)
-    actors = start_actors(cfg, out_dir)
-    sched = Scheduler(cfg, plan, book.videos, actors)
-    in_flight: list[dict[str, int]] = [{} for _ in actors]
-    with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
-        health = ModelHealthLine(len(actors), progress.bar, console)
-        for _ in range(book.finish_all_complete()):
-            progress.shard_done()
-        last_poll = 0.0
-        while sched.busy:
-            sched.dispatch()
-            if time.monotonic() - last_poll > STATUS_EVERY_S:
-                last_poll = time.monotonic()
-                sched.poll_status()
-            event = sched.next_event(timeout=STATUS_EVERY_S)
-            while event is not None:
-                kind, tag, fut = event
-                if kind == "status":
-                    status = sched.status_returned(tag, fut)
-                    if status is not None:
-                        in_flight[tag] = status.in_flight
-                        progress.in_flight(in_flight)
-                        health.report(tag, status.outages)
-                elif kind == "prepared":
-                    pv: PreparedRefs = fut.result()
-                    stats.driver_bytes += wire_bytes(pv)
-                    sched.video_prepared(tag, pv.jobs)
-                    stats.frames_decoded += pv.frames_decoded
-                    stats.frames_needed += pv.frames_needed
-                    stats.cpu_s += pv.cpu_s
-                    progress.video_done(len(pv.jobs), len(pv.failed))
-                    if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
-                        progress.shard_done()
-                else:
-                    shard_id, pos, task, keys, actor = tag
-                    sched.masklets_returned(actor, len(keys))
-                    try:
-                        rows = _caption_rows(fut)
-                    except ray.exceptions.ObjectLostError:
-                        log.warning("images of %s were lost; rendering them again", keys)
-                        for key in keys:
-                            book.video_requeued(shard_id)
-                            sched.requeue(task, key)
-                    else:
-                        stats.driver_bytes += wire_bytes(rows)
-                        stats.masklets += len(rows)
-                        for row in rows:
-                            book.add_row(shard_id, pos, row)
-                            progress.masklet_done()
-                        if book.finish_if_complete(shard_id):
+    with caption_actors(cfg, out_dir) as actors:
+        sched = Scheduler(cfg, plan, book.videos, actors)
+        in_flight: list[dict[str, int]] = [{} for _ in actors]
+        with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
+            health = ModelHealthLine(len(actors), progress.bar, console)
+            for _ in range(book.finish_all_complete()):
+                progress.shard_done()
+            last_poll = 0.0
+            while sched.busy:
+                sched.dispatch()
+                if time.monotonic() - last_poll > STATUS_EVERY_S:
+                    last_poll = time.monotonic()
+                    sched.poll_status()
+                event = sched.next_event(timeout=STATUS_EVERY_S)
+                while event is not None:
+                    kind, tag, fut = event
+                    if kind == "status":
+                        status = sched.status_returned(tag, fut)
+                        if status is not None:
+                            in_flight[tag] = status.in_flight
+                            progress.in_flight(in_flight)
+                            health.report(tag, status.outages)
+                    elif kind == "prepared":
+                        pv: PreparedRefs = fut.result()
+                        stats.driver_bytes += wire_bytes(pv)
+                        sched.video_prepared(tag, pv.jobs)
+                        stats.frames_decoded += pv.frames_decoded
+                        stats.frames_needed += pv.frames_needed
+                        stats.cpu_s += pv.cpu_s
+                        progress.video_done(len(pv.jobs), len(pv.failed))
+                        if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
                             progress.shard_done()
-                event = sched.next_event(timeout=0)
-        stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
-        stats.model["peak_in_flight"] = dict(progress.peak_in_flight)
-    stats.driver_bytes += sched.sent_bytes
-    ray.get([a.close.remote() for a in actors])
-    for a in actors:
-        ray.kill(a)
+                    else:
+                        shard_id, pos, task, keys, actor = tag
+                        sched.masklets_returned(actor, len(keys))
+                        try:
+                            rows = _caption_rows(fut)
+                        except ray.exceptions.ObjectLostError:
+                            log.warning("images of %s were lost; rendering them again", keys)
+                            for key in keys:
+                                book.video_requeued(shard_id)
+                                sched.requeue(task, key)
+                        else:
+                            stats.driver_bytes += wire_bytes(rows)
+                            stats.masklets += len(rows)
+                            for row in rows:
+                                book.add_row(shard_id, pos, row)
+                                progress.masklet_done()
+                            if book.finish_if_complete(shard_id):
+                                progress.shard_done()
+                    event = sched.next_event(timeout=0)
+            stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
+            stats.model["peak_in_flight"] = dict(progress.peak_in_flight)
+        stats.driver_bytes += sched.sent_bytes
     stats.wall_s = time.time() - t_start
     return stats
 
