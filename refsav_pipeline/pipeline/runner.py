@@ -24,6 +24,8 @@ import math
 import os
 import pickle
 import queue
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -156,6 +158,28 @@ class CaptionActor:
         await self.session.aclose()
         if self.session.cache is not None:
             self.session.cache.close()
+
+
+@contextmanager
+def interrupt_requests() -> Iterator[threading.Event]:
+    """Ctrl-C (and the Slurm job's SIGINT before its time limit) as a flag the scheduling loop
+    checks, so the stop happens at a known point of the loop, never inside a library call
+    that might swallow the KeyboardInterrupt. A second Ctrl-C interrupts at once."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signals reach only the main thread's handlers
+        return
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextmanager
@@ -466,7 +490,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     t_start = time.time()
     stats = RunStats()
     book = ShardBook(out_dir, plan, shards, retry, stats)
-    with caption_actors(cfg, out_dir) as actors:
+    with interrupt_requests() as stop, caption_actors(cfg, out_dir) as actors:
         sched = Scheduler(cfg, plan, book.videos, actors)
         in_flight: list[dict[str, int]] = [{} for _ in actors]
         with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
@@ -475,6 +499,8 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                 progress.shard_done()
             last_poll = 0.0
             while sched.busy:
+                if stop.is_set():
+                    raise KeyboardInterrupt  # the actors close on the way out
                 sched.dispatch()
                 if time.monotonic() - last_poll > STATUS_EVERY_S:
                     last_poll = time.monotonic()
