@@ -29,7 +29,13 @@ from refsav_pipeline.pipeline.plan import (
 )
 from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
-from refsav_pipeline.pipeline.shards import ShardState, parquet_bytes, read_shard, shard_states
+from refsav_pipeline.pipeline.shards import (
+    ShardState,
+    parquet_bytes,
+    read_shard,
+    shard_states,
+    shards_left,
+)
 from refsav_pipeline.records import SHARDS_DIR
 from refsav_pipeline.sav.index import index_sav_root
 
@@ -142,8 +148,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     plan = load_plan(out_dir)
     plan_outside_gc()
     console = console or Console(stderr=True)
-    states = shard_states(out_dir, plan, verify=verify)
-    pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
+    pending = shards_left(out_dir, plan, verify=verify)
     started = time.time()
     total = RunStats()
     ensure_writable(out_dir / SHARDS_DIR)  # before Ray starts, not at the first shard
