@@ -96,7 +96,7 @@ def run(
         cfg.run.shard_size = shard_size
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: pass a folder for the run")
-    check_sav_root(sav_root)
+    refs = check_sav_root(sav_root)  # the root listed once: planning reuses it
     if (out / PLAN_FILE).is_file() and not force:
         prepare_output(sav_root, out, cfg)  # an existing plan: refused or reused, nothing written
         _ignored_on_existing_run(out, shard_size, limit_videos)
@@ -105,7 +105,8 @@ def run(
             return
     check_models(cfg)
     with _stops_cleanly(out):
-        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
+        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
+                       videos=refs)
         execute(out, cfg, address=address, show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
@@ -204,7 +205,7 @@ def demo(
     if not (sav / "synth_truth.json").exists():
         made = synth_sav(sav, videos, seed)
         console.print(f"synthesized {len(made)} SA-V-format videos under {sav}")
-    check_sav_root(sav)
+    refs = check_sav_root(sav)
     cfg = PipelineConfig()
     cfg.run.shard_size = 2
     if not ((run_dir / PLAN_FILE).is_file() and _nothing_to_do(run_dir)):
@@ -213,7 +214,7 @@ def demo(
             cfg = with_endpoints(cfg, url)
             check_models(cfg)
             with _stops_cleanly(run_dir):
-                prepare_output(sav, run_dir, cfg)
+                prepare_output(sav, run_dir, cfg, videos=refs)
                 execute(run_dir, cfg, show_progress=progress, console=console)
     print_status(run_status(run_dir), out_console)
     files = shard_files(run_dir)
