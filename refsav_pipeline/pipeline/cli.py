@@ -7,18 +7,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
 from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, RunStopped
+from refsav_pipeline.llm.readiness import ServerExited, wait_healthy
 from refsav_pipeline.pipeline.driver import (
     execute,
     load_run_config,
@@ -163,17 +162,11 @@ def reference_server(port: int, *extra: str, timeout_s: float = 60.0) -> Iterato
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"reference server exited: {err[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/models", timeout=1.0, trust_env=False).status_code == 200:
-                    break
-            if time.time() > deadline:
-                raise RuntimeError(f"reference server not healthy on port {port}")
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, None, timeout_s, alive=lambda: proc.poll() is None, poll_s=0.2)
+        except ServerExited as exc:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise ServerExited(f"reference {exc}: {err[-2000:]}") from exc
         yield url
     finally:
         proc.terminate()
