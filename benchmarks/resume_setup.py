@@ -95,6 +95,26 @@ def setup_now(out: Path) -> dict:
             "full_collections": full_collections[0]}
 
 
+def setup_calls(out: Path) -> dict:
+    """The same set-up once more, counting its Python and C function calls: its work, in a
+    unit the machine's load does not move (the timings above it does)."""
+    from refsav_pipeline.pipeline.shards import parquet_bytes
+
+    parquet_bytes([])
+    calls = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        res = setup_now(out)
+    finally:
+        sys.setprofile(None)
+    return {**res, "calls": calls}
+
+
 def setup_before(out: Path) -> dict:
     """The previous set-up: every marker checked by hashing its file, every pending shard's
     leftovers found by two globs of the whole folder."""
@@ -126,7 +146,8 @@ def setup_before(out: Path) -> dict:
 
 
 def measure(n: int, how: str) -> dict:
-    """One set-up (``how``: now or before) of a fresh ``n``-shard run in a fresh process."""
+    """One set-up (``how``: now, calls or before) of a fresh ``n``-shard run, in a fresh
+    process."""
     with tempfile.TemporaryDirectory(prefix="refsav-resume-") as tmp:
         make_run(Path(tmp), n)
         done = subprocess.run([sys.executable, __file__, "--child", how, tmp],
@@ -181,7 +202,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         how, folder = args.child
-        json.dump((setup_now if how == "now" else setup_before)(Path(folder)), sys.stdout)
+        fn = {"now": setup_now, "calls": setup_calls, "before": setup_before}[how]
+        json.dump(fn(Path(folder)), sys.stdout)
         return
     small, big = (int(s) for s in args.sizes.split(","))
     load_before = os.getloadavg()
@@ -195,6 +217,7 @@ def main() -> None:
     res["loadavg_before"] = load_before
     res["loadavg_after"] = os.getloadavg()
     res["loadavg_during"] = [r["loadavg"] for n in (small, big) for r in runs[n]]
+    res["calls"] = {n: measure(n, "calls")["calls"] for n in (small, big)}
     if args.baseline:
         res["before_s"] = {n: measure(n, "before")["wall_s"] for n in (small, big)}
     if args.json:
@@ -216,6 +239,9 @@ def main() -> None:
           f"{sorted({c for n in (small, big) for c in res['per_size'][n]['full_collections']})}; "
           f"loadavg {res['loadavg_before'][0]:.2f} before, "
           f"{min(res['loadavg_during']):.2f}-{max(res['loadavg_during']):.2f} during)")
+    calls = res["calls"]
+    print(f"function calls of one set-up: {small}: {calls[small]:,}, {big}: {calls[big]:,} "
+          f"({calls[big] / calls[small]:.3f}x)")
     if args.baseline:
         b = res["before_s"]
         print(f"previous set-up (wall s, one run each): {small}: {b[small]:.2f}, "
