@@ -12,8 +12,9 @@ Every measurement has its own folder and its own process, so no import, allocato
 carries over from one size to the next; sizes are interleaved (2K, 8K, 2K, 8K, ...) so that a
 change in the shared machine's load hits both. The ratio is given for the medians, the minima,
 and as the spread over the repeats (the i-th run of one size against the i-th of the other).
-The folders are fresh, so the page cache is warm: a resume on cold shared storage waits longer
-for the listing and the marker reads, in proportion to the shards as well.
+Each folder is written back to disk (``sync``) before its set-up starts, so the kernel's
+writeback does not overlap it. The page cache stays warm: a resume on cold shared storage
+waits longer for the listing and the marker reads, in proportion to the shards as well.
 
 With ``--baseline``, the previous set-up, once per size (hash every finished file, two globs
 of the folder per pending shard; minutes at 8K). Target: 8K/2K <= 5x (4x the shards).
@@ -98,6 +99,7 @@ def setup_now(out: Path) -> dict:
 def setup_calls(out: Path) -> dict:
     """The same set-up once more, counting its Python and C function calls: its work, in a
     unit the machine's load does not move (the timings above it does)."""
+    import refsav_pipeline.pipeline.driver  # noqa: F401  (imports are not the set-up's work)
     from refsav_pipeline.pipeline.shards import parquet_bytes
 
     parquet_bytes([])
@@ -150,6 +152,7 @@ def measure(n: int, how: str) -> dict:
     process."""
     with tempfile.TemporaryDirectory(prefix="refsav-resume-") as tmp:
         make_run(Path(tmp), n)
+        os.sync()  # the kernel writing those files back must not overlap the timed set-up
         done = subprocess.run([sys.executable, __file__, "--child", how, tmp],
                               capture_output=True, text=True, check=False)
     if done.returncode != 0:
