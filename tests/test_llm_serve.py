@@ -8,7 +8,6 @@ import shlex
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +19,7 @@ from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.llm.config import PromptRef, PromptsConfig
 from refsav_pipeline.llm.prompts import load_prompt
+from refsav_pipeline.llm.readiness import wait_healthy
 from refsav_pipeline.llm.reference_vision import decode_jpeg
 from refsav_pipeline.llm.testing import crop, object_frame, to_jpeg
 
@@ -129,14 +129,9 @@ def test_serve_reference_subprocess(tmp_path: Path) -> None:
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                r = httpx.get(f"{url}/models", trust_env=False, timeout=1)
-                break
-            except httpx.HTTPError:
-                assert proc.poll() is None and time.monotonic() < deadline
-                time.sleep(0.2)
+        wait_healthy(url, "Qwen2-72B-Instruct", 30, alive=lambda: proc.poll() is None,
+                     poll_s=0.2)
+        r = httpx.get(f"{url}/models", trust_env=False, timeout=5)
         assert {m["id"] for m in r.json()["data"]} == {"InternVL2-Llama3-76B",
                                                        "Qwen2-72B-Instruct"}
         from refsav_pipeline.llm.client import jpeg_part

@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from pipeline_helpers import config_for, content
+from pipeline_helpers import config_for, content, write_config
 from pycocotools import mask as mask_utils
+from typer.testing import CliRunner
 
+from refsav_pipeline.cli import app
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.pipeline.driver import RunRefused, execute, prepare_output
 from refsav_pipeline.pipeline.shards import ShardState, shard_path, shard_states
@@ -190,3 +195,28 @@ def test_server_faults_then_retry_failed(synth_root: Path, clean_run: Path, loca
         execute(out, config_for(url), retry_failed=True, show_progress=False)
     assert content(read_rows(out)) == content(read_rows(clean_run))
     assert run_status(out).rows_by_status == {"ok": len(rows)}
+
+
+def test_run_lists_the_sav_root_once(synth_root: Path, server: str, local_ray: None,
+                                     tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`refsav run` checks the root and plans from that one listing: on shared storage at SA-V
+    scale each listing of the root costs about a second."""
+    folders = [synth_root, *(p for p in synth_root.rglob("*") if p.is_dir())]
+    cfg = write_config(config_for(server), tmp_path / "cfg.yaml")
+    listed: Counter[Path] = Counter()
+    real_scandir = os.scandir
+
+    def scandir(path: Any = ".") -> Any:
+        listed[Path(path)] += 1
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(app, ["run", "--sav-root", str(synth_root), "--out", str(out),
+                                   "--config", str(cfg), "--limit-videos", "2",
+                                   "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert {f: listed[f] for f in folders} == dict.fromkeys(folders, 1)
+    truth = load_truth(synth_root)
+    first_two = sorted({video_id for video_id, _, _ in truth})[:2]
+    assert read_rows(out).num_rows == sum(k[0] in first_two for k in truth)

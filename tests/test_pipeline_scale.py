@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,10 +19,16 @@ from refsav_pipeline.cli import app
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.pipeline.driver import execute, prepare_output
-from refsav_pipeline.pipeline.plan import make_plan
+from refsav_pipeline.pipeline.plan import Plan, load_plan, make_plan, save_plan
 from refsav_pipeline.pipeline.prepare import prepare_video
 from refsav_pipeline.pipeline.runner import RunStats, ShardBook
-from refsav_pipeline.pipeline.shards import ShardState, shard_path, shard_states, write_shard
+from refsav_pipeline.pipeline.shards import (
+    ShardState,
+    shard_path,
+    shard_states,
+    shards_left,
+    write_shard,
+)
 from refsav_pipeline.pipeline.status import run_status
 from refsav_pipeline.records import SHARDS_DIR, marker_path, read_rows
 from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
@@ -92,6 +99,8 @@ class _Counter:
         self.hashes = 0
         real_scandir, real_listdir, real_glob = os.scandir, os.listdir, Path.glob
         real_hash = records.file_sha256
+        real_unlink = os.unlink
+        self.unlinked: list[str] = []
 
         def scandir(path: object = ".") -> object:
             self.listings.append(str(path))
@@ -105,6 +114,10 @@ class _Counter:
             self.listings.append(str(p))
             return real_glob(p, pattern)
 
+        def unlink(path: object, *args: object, **kwargs: object) -> None:
+            self.unlinked.append(str(path))
+            real_unlink(path, *args, **kwargs)  # type: ignore[arg-type]
+
         def file_sha256(path: Path) -> str:
             self.hashes += 1
             return real_hash(path)
@@ -112,42 +125,88 @@ class _Counter:
         monkeypatch.setattr(os, "scandir", scandir)
         monkeypatch.setattr(os, "listdir", listdir)
         monkeypatch.setattr(Path, "glob", glob)
+        monkeypatch.setattr(os, "unlink", unlink)
         monkeypatch.setattr(records, "file_sha256", file_sha256)
 
     def of(self, folder: Path) -> int:
         return sum(Path(p) == folder for p in self.listings)
 
 
+def _half_done_run(out: Path, n: int) -> Plan:
+    """``n`` one-video shards: the first half finished (a real Parquet file and marker each),
+    one pending shard in ten torn by a crash mid-write (a temp file and an unvouched file)."""
+    videos = [SavVideoRef(video_id=f"v{i:05d}", video_path=f"v{i:05d}.mp4",
+                          manual_path=f"v{i:05d}_manual.json") for i in range(n)]
+    plan = make_plan(out / "sav", videos, 1, "fp")
+    save_plan(out, plan)
+    template = write_shard(out, 0, [], "fp")
+    data = shard_path(out, 0).read_bytes()
+    for shard in plan.shards[1: n // 2]:  # copies: one fsync'd write is enough for the test
+        path = shard_path(out, shard)
+        path.write_bytes(data)
+        st = path.stat()
+        marker = template.model_copy(update={"shard_id": shard.shard_id, "size": st.st_size,
+                                             "mtime_ns": st.st_mtime_ns})
+        marker_path(path).write_text(marker.model_dump_json())
+    for shard in plan.shards[n // 2::10]:
+        path = shard_path(out, shard)
+        (path.parent / f".{path.name}.tmp-99").write_bytes(b"half")
+        path.write_bytes(b"PAR1 unvouched")
+    return plan
+
+
 def test_resume_setup_lists_the_shards_folder_once(tmp_path: Path,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     """Thousands of shards, half finished, some torn: the set-up lists the folder once for
-    the states and once for the clean-up, whatever the number of shards, and reads no
-    Parquet file."""
+    the states and the clean-up together, whatever the number of shards, reads no Parquet
+    file, and removes exactly the leftovers."""
     n = 2000
-    videos = [SavVideoRef(video_id=f"v{i:05d}", video_path=f"v{i:05d}.mp4",
-                          manual_path=f"v{i:05d}_manual.json") for i in range(n)]
-    plan = make_plan(tmp_path / "sav", videos, 1, "fp")
-    out = tmp_path / "out"
-    for shard in plan.shards[: n // 2]:
-        write_shard(out, shard.shard_id, [], "fp")
-    folder = out / SHARDS_DIR
-    torn = plan.shards[n // 2: n // 2 + 50]
-    for shard in torn:  # crash mid-write: a temp file, or a Parquet file with no marker
-        path = shard_path(out, shard)
-        (folder / f".{path.name}.tmp-99").write_bytes(b"half")
-        path.write_bytes(b"PAR1 unvouched")
-    count = _Counter(monkeypatch)
-    states = shard_states(out, plan)
-    assert count.of(folder) == 1 and count.hashes == 0
+    plan = _half_done_run(tmp_path, n)
+    folder = tmp_path / SHARDS_DIR
+    torn = plan.shards[n // 2::10]
+    states = shard_states(tmp_path, plan)
     assert sum(s is ShardState.done for s, _ in states.values()) == n // 2
     assert sum(s is ShardState.partial for s, _ in states.values()) == len(torn)
-    pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
-    book = ShardBook(out, plan, pending, None, RunStats())
-    assert count.of(folder) == 2 and count.hashes == 0
+    count = _Counter(monkeypatch)
+    left = shards_left(tmp_path, plan)
+    assert count.of(folder) == 1 and count.hashes == 0
+    assert left == [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
+    assert len(count.unlinked) == 2 * len(torn)
+    assert {Path(p).parent for p in count.unlinked} == {folder}
+    book = ShardBook(tmp_path, plan, left, None, RunStats())
+    assert count.of(folder) == 1 and len(count.unlinked) == 2 * len(torn)  # nothing more
     assert len(book.videos) == n // 2
     assert len(list(folder.iterdir())) == 2 * (n // 2)  # torn files gone, finished ones kept
-    shard_states(out, plan, verify=True)
+    shard_states(tmp_path, plan, verify=True)
     assert count.hashes == n // 2
+
+
+def _setup_calls(out: Path) -> int:
+    """Python and C function calls made by a resume's set-up (load the plan, find and clear
+    the shards left, book them): a measure of its work that machine load does not move."""
+    calls = 0
+
+    def profile(frame: object, event: str, arg: object) -> None:
+        nonlocal calls
+        calls += event in ("call", "c_call")
+
+    sys.setprofile(profile)
+    try:
+        plan = load_plan(out)
+        ShardBook(out, plan, shards_left(out, plan), None, RunStats())
+    finally:
+        sys.setprofile(None)
+    return calls
+
+
+def test_resume_setup_work_grows_linearly_with_the_shards(tmp_path: Path) -> None:
+    """4x the shards, at most 4x the set-up's calls (and not much fewer: it did the work)."""
+    calls = {}
+    for n in (500, 2000):
+        _half_done_run(tmp_path / str(n), n)
+        calls[n] = _setup_calls(tmp_path / str(n))
+    small, big = calls[500], calls[2000]
+    assert 3.5 * small < big <= 4 * small, (small, big)
 
 
 def test_status_trusts_size_and_mtime_and_verify_rehashes(two_actor_run: tuple,

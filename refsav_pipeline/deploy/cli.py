@@ -29,7 +29,7 @@ def endpoints(
     has the same fingerprint, so `refsav resume --config` accepts it in every later job.
     """
     from refsav_pipeline.cli_common import load_config
-    from refsav_pipeline.llm.vllm_serve import wait_healthy
+    from refsav_pipeline.llm.readiness import wait_healthy
     from refsav_pipeline.pipeline.cli import with_endpoints
 
     cfg = load_config(config)

@@ -5,7 +5,8 @@
 - ``calls``: ``describe_object``, ``judge_consistency``, ``describe_scene``, ``describe_video``
 - ``client``: async OpenAI chat-completions client (balancing, health, retries)
 - ``cache``: durable SQLite request cache; ``prompts``: versioned prompt files
-- ``reference_server`` / ``reference_vision``: the offline server; ``vllm_serve``: vLLM launch
+- ``reference_server`` / ``reference_vision``: the offline server; ``vllm_serve``: vLLM launch;
+  ``readiness``: waiting for any of them to answer
 - ``budget``: does a request fit the context; ``capacity``: KV-cache arithmetic behind the
   default concurrency; ``checkpoint``: a checkpoint's context from its config.json
 - ``errors``: ``RecordError`` kinds a failed call ends in

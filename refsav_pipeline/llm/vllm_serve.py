@@ -15,15 +15,12 @@ import shlex
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
-
 from refsav_pipeline.llm.config import ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.prompts import load_prompt
+from refsav_pipeline.llm.readiness import wait_healthy
 
 DEFAULT_NODE_GPUS = 8
 """GPUs assumed on this node when none can be counted (planning on a machine without GPUs)."""
@@ -166,24 +163,6 @@ def _secret_env(launch: Launch) -> dict[str, str]:
     if name and os.environ.get(name):
         return {"VLLM_API_KEY": os.environ[name]}
     return {}
-
-
-def wait_healthy(url: str, served_name: str, timeout_s: float,
-                 alive: Callable[[], bool] = lambda: True, poll_s: float = 5.0) -> None:
-    """Poll ``{url}/models`` until it lists ``served_name``; raise if it died or timed out."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            r = httpx.get(f"{url}/models", timeout=5.0, trust_env=False)
-            if r.status_code == 200 and served_name in {m.get("id") for m in r.json()["data"]}:
-                return
-        except (httpx.HTTPError, ValueError, KeyError):
-            pass
-        if not alive():
-            raise RuntimeError(f"server for {served_name} at {url} exited before it was healthy")
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} not healthy after {timeout_s:.0f}s")
-        time.sleep(poll_s)
 
 
 # -- local subprocesses -----------------------------------------------------------------------

@@ -7,18 +7,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
-import httpx
 import typer
 from rich.console import Console
 
 from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, RunStopped
+from refsav_pipeline.llm.readiness import ServerExited, wait_healthy
 from refsav_pipeline.pipeline.driver import (
     execute,
     load_run_config,
@@ -96,7 +95,7 @@ def run(
         cfg.run.shard_size = shard_size
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: pass a folder for the run")
-    check_sav_root(sav_root)
+    refs = check_sav_root(sav_root)  # the root listed once: planning reuses it
     if (out / PLAN_FILE).is_file() and not force:
         prepare_output(sav_root, out, cfg)  # an existing plan: refused or reused, nothing written
         _ignored_on_existing_run(out, shard_size, limit_videos)
@@ -105,7 +104,8 @@ def run(
             return
     check_models(cfg)
     with _stops_cleanly(out):
-        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force)
+        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
+                       videos=refs)
         execute(out, cfg, address=address, show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
@@ -162,17 +162,11 @@ def reference_server(port: int, *extra: str, timeout_s: float = 60.0) -> Iterato
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     url = f"http://127.0.0.1:{port}/v1"
     try:
-        deadline = time.time() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise RuntimeError(f"reference server exited: {err[-2000:]}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/models", timeout=1.0, trust_env=False).status_code == 200:
-                    break
-            if time.time() > deadline:
-                raise RuntimeError(f"reference server not healthy on port {port}")
-            time.sleep(0.2)
+        try:
+            wait_healthy(url, None, timeout_s, alive=lambda: proc.poll() is None, poll_s=0.2)
+        except ServerExited as exc:
+            err = proc.stderr.read().decode() if proc.stderr else ""
+            raise ServerExited(f"reference {exc}: {err[-2000:]}") from exc
         yield url
     finally:
         proc.terminate()
@@ -204,7 +198,7 @@ def demo(
     if not (sav / "synth_truth.json").exists():
         made = synth_sav(sav, videos, seed)
         console.print(f"synthesized {len(made)} SA-V-format videos under {sav}")
-    check_sav_root(sav)
+    refs = check_sav_root(sav)
     cfg = PipelineConfig()
     cfg.run.shard_size = 2
     if not ((run_dir / PLAN_FILE).is_file() and _nothing_to_do(run_dir)):
@@ -213,7 +207,7 @@ def demo(
             cfg = with_endpoints(cfg, url)
             check_models(cfg)
             with _stops_cleanly(run_dir):
-                prepare_output(sav, run_dir, cfg)
+                prepare_output(sav, run_dir, cfg, videos=refs)
                 execute(run_dir, cfg, show_progress=progress, console=console)
     print_status(run_status(run_dir), out_console)
     files = shard_files(run_dir)

@@ -30,9 +30,15 @@ from refsav_pipeline.pipeline.plan import (
 )
 from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
-from refsav_pipeline.pipeline.shards import ShardState, parquet_bytes, read_shard, shard_states
+from refsav_pipeline.pipeline.shards import (
+    ShardState,
+    parquet_bytes,
+    read_shard,
+    shard_states,
+    shards_left,
+)
 from refsav_pipeline.records import SHARDS_DIR
-from refsav_pipeline.sav.index import index_sav_root
+from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
 
 RUNS_LOG = "runs.jsonl"
 
@@ -66,8 +72,13 @@ def _log_run(out_dir: Path, entry: dict) -> None:
 
 
 def prepare_output(sav_root: str | Path, out_dir: str | Path, cfg: PipelineConfig, *,
-                   limit_videos: int | None = None, force: bool = False) -> Plan:
-    """The run's plan: made and saved now, or the existing one if it is compatible."""
+                   limit_videos: int | None = None, force: bool = False,
+                   videos: list[SavVideoRef] | None = None) -> Plan:
+    """The run's plan: made and saved now, or the existing one if it is compatible.
+
+    ``videos``: the root's index if the caller already made it (the preflight's), so that a
+    large root on shared storage is listed once per command.
+    """
     out_dir = Path(out_dir)
     fingerprint = cfg.fingerprint()
     if (out_dir / PLAN_FILE).exists():
@@ -85,7 +96,8 @@ def prepare_output(sav_root: str | Path, out_dir: str | Path, cfg: PipelineConfi
                              "(deletes its shards; the request cache is kept).")
         shutil.rmtree(out_dir / SHARDS_DIR, ignore_errors=True)
         (out_dir / PLAN_FILE).unlink()
-    videos = index_sav_root(sav_root)
+    if videos is None:
+        videos = index_sav_root(sav_root)
     if limit_videos is not None:
         videos = videos[:limit_videos]
     plan = make_plan(sav_root, videos, cfg.run.shard_size, fingerprint)
@@ -143,8 +155,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     plan = load_plan(out_dir)
     plan_outside_gc()
     console = console or Console(stderr=True)
-    states = shard_states(out_dir, plan, verify=verify)
-    pending = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
+    pending = shards_left(out_dir, plan, verify=verify)
     started = time.time()
     total = RunStats()
     ensure_writable(out_dir / SHARDS_DIR)  # before Ray starts, not at the first shard

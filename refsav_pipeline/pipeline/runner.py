@@ -56,7 +56,7 @@ from refsav_pipeline.pipeline.lifeline import Lifeline
 from refsav_pipeline.pipeline.model_health import ModelHealthLine
 from refsav_pipeline.pipeline.plan import Plan, Shard
 from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video, row_sort_key
-from refsav_pipeline.pipeline.shards import ShardListing, discard_partial, read_shard, write_shard
+from refsav_pipeline.pipeline.shards import read_shard, write_shard
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
 
@@ -275,7 +275,8 @@ VideoTask = tuple[int, int, SavVideoRef, set[MaskletKey] | None]  # shard, posit
 
 
 class ShardBook:
-    """Which shard is waiting for what; writes a shard (Parquet, then marker) once complete."""
+    """Which shard is waiting for what; writes a shard (Parquet, then marker) once complete.
+    Shards to redo come cleared of their leftovers (``shards.shards_left``)."""
 
     def __init__(self, out_dir: Path, plan: Plan, shards: list[Shard],
                  retry: dict[int, set[MaskletKey]] | None, stats: RunStats) -> None:
@@ -284,14 +285,11 @@ class ShardBook:
         self.stats = stats
         self.work: dict[int, _ShardWork] = {}
         self.videos: list[VideoTask] = []
-        listing = ShardListing.scan(out_dir) if retry is None else None  # one listing
         for shard in shards:
             only = retry.get(shard.shard_id) if retry is not None else None
             videos = list(enumerate(shard.videos))
             if only is not None:
                 videos = [(p, v) for p, v in videos if any(k[0] == v.video_id for k in only)]
-            if listing is not None:
-                discard_partial(out_dir, shard, listing)
             w = _ShardWork(shard, time.time(), videos_left=len(videos))
             if only is not None:
                 w.keep = [r for r in read_shard(out_dir, shard.shard_id) if r.key not in only]

@@ -116,21 +116,42 @@ def shard_states(out_dir: str | Path, plan: Plan, *, verify: bool = False
                  ) -> dict[int, tuple[ShardState, ShardMarker | None]]:
     """Each planned shard's state. Lists the folder once; reads markers (not Parquet files)
     unless a file's size or mtime moved, or ``verify`` asks to re-hash every file."""
-    listing = ShardListing.scan(out_dir)
+    return _states(out_dir, ShardListing.scan(out_dir), plan, verify)
+
+
+def _states(out_dir: str | Path, listing: ShardListing, plan: Plan, verify: bool
+            ) -> dict[int, tuple[ShardState, ShardMarker | None]]:
     states: dict[int, tuple[ShardState, ShardMarker | None]] = {}
+    pending = (ShardState.pending, None)
     for shard in plan.shards:
         names = listing.files(shard)
+        if not names:  # most shards of a fresh or half-done run: no path built, no syscall
+            states[shard.shard_id] = pending
+            continue
         path = shard_path(out_dir, shard)
+        mname = marker_path(path).name
         marker = None
-        if path.name in names and marker_path(path).name in names:
+        if path.name in names and mname in names:
             marker = valid_marker(path, plan.config_fingerprint, verify=verify)
         if marker is not None:
             states[shard.shard_id] = (ShardState.done, marker)
-        elif path.name in names or marker_path(path).name in names:
+        elif path.name in names or mname in names:
             states[shard.shard_id] = (ShardState.partial, None)
         else:
-            states[shard.shard_id] = (ShardState.pending, None)
+            states[shard.shard_id] = pending
     return states
+
+
+def shards_left(out_dir: str | Path, plan: Plan, *, verify: bool = False) -> list[Shard]:
+    """The shards a run must (re)do, each cleared of its unvouched file, stale marker and
+    leftover temp files: the folder is listed once for all of it, whatever the number of
+    shards."""
+    listing = ShardListing.scan(out_dir)
+    states = _states(out_dir, listing, plan, verify)
+    left = [s for s in plan.shards if states[s.shard_id][0] is not ShardState.done]
+    for shard in left:
+        discard_partial(out_dir, shard, listing)
+    return left
 
 
 def discard_partial(out_dir: str | Path, shard: Shard, listing: ShardListing) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -31,13 +32,21 @@ def index_sav_root(root: str | Path) -> list[SavVideoRef]:
     """Every video with a ``_manual.json`` (SA-V ships one per video), sorted by video id.
 
     A video whose id appears twice under the root is an error: the plan must be unambiguous.
+    Each folder is listed once and nothing else is read (``rglob`` lists every folder twice,
+    and a stat per video for its ``_auto.json`` is another listing's worth on shared storage).
     """
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"SA-V root {root} is not a directory")
+    found: list[tuple[Path, bool]] = []
+    for folder, _, files in os.walk(root):
+        names = set(files)
+        found.extend((Path(folder) / name,
+                      name.removesuffix(MANUAL_SUFFIX) + AUTO_SUFFIX in names)
+                     for name in files if name.endswith(MANUAL_SUFFIX))
     refs: dict[str, SavVideoRef] = {}
-    for manual in sorted(root.rglob(f"*{MANUAL_SUFFIX}")):
-        ref = _ref_for(root, manual)
+    for manual, has_auto in sorted(found):
+        ref = _ref_for(root, manual, has_auto)
         if ref.video_id in refs:
             raise ValueError(
                 f"video {ref.video_id} appears twice: {refs[ref.video_id].manual_path} and "
@@ -55,13 +64,16 @@ def find_video(root: str | Path, video_id: str) -> SavVideoRef:
     return _ref_for(root, hits[0])
 
 
-def _ref_for(root: Path, manual: Path) -> SavVideoRef:
+def _ref_for(root: Path, manual: Path, has_auto: bool | None = None) -> SavVideoRef:
+    """``has_auto``: whether the folder's listing holds the ``_auto.json`` (else a stat)."""
     video_id = manual.name[: -len(MANUAL_SUFFIX)]
     folder = manual.parent
     auto = folder / f"{video_id}{AUTO_SUFFIX}"
+    if has_auto is None:
+        has_auto = auto.exists()
     return SavVideoRef(
         video_id=video_id,
         video_path=(folder / f"{video_id}.mp4").relative_to(root).as_posix(),
         manual_path=manual.relative_to(root).as_posix(),
-        auto_path=auto.relative_to(root).as_posix() if auto.exists() else None,
+        auto_path=auto.relative_to(root).as_posix() if has_auto else None,
     )
