@@ -49,7 +49,8 @@ _KILLED_WRITER = """
 import sys
 from refsav_pipeline.llm.cache import RequestCache
 local = None if sys.argv[2] == "default" else sys.argv[2]
-cache = RequestCache(sys.argv[1], local_dir=local, promote_interval_s=float(sys.argv[3]))
+cache = RequestCache(sys.argv[1], local_dir=local, promote_interval_s=float(sys.argv[3]),
+                     sync_interval_s=float(sys.argv[4]))
 i = 0
 while True:
     cache.put(f"k{i}", {"text": "t" * 200, "i": i})
@@ -58,13 +59,15 @@ while True:
 """
 
 
-def killed_cache_writer(shared: Path, local: Path | None, answers: int,
-                        interval: float = 3600, env: dict[str, str] | None = None) -> int:
-    """A real process puts answers into a request cache (staged under ``local``, or the
-    default local folder if None) and is killed with SIGKILL; returns the last acked."""
+def killed_cache_writer(shared: Path, local: Path | str | None, answers: int,
+                        interval: float = 3600, env: dict[str, str] | None = None,
+                        sync_interval: float = 1.0) -> int:
+    """A real process puts answers into a request cache (staged under ``local``, the default
+    local folder if None, straight into ``shared`` if "") and is killed with SIGKILL; returns
+    the last acked."""
     proc = subprocess.Popen(
         [sys.executable, "-c", _KILLED_WRITER, str(shared),
-         "default" if local is None else str(local), str(interval)],
+         "default" if local is None else str(local), str(interval), str(sync_interval)],
         stdout=subprocess.PIPE, text=True, env={**os.environ, **(env or {})})
     try:
         acked = -1

@@ -4,17 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
-import os
-import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import closed_port_url
+from pipeline_helpers import closed_port_url, killed_cache_writer
 
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.llm import calls
@@ -280,34 +276,10 @@ def test_cache_is_safe_with_several_processes(tmp_path: Path) -> None:
     assert cache.shard is None  # a reader writes no shard
 
 
-_KILLED_WRITER = """
-import sys
-from refsav_pipeline.llm.cache import RequestCache
-cache = RequestCache(sys.argv[1], sync_interval_s=3600)
-i = 0
-while True:
-    cache.put(f"k{i}", {"text": "t" * 200, "i": i})
-    print(i, flush=True)  # acknowledged: put() has returned
-    i += 1
-"""
-
-
 def test_cache_keeps_every_answer_put_before_kill_9(tmp_path: Path) -> None:
     """Durability contract: what ``put`` returned for survives SIGKILL with no fsync yet."""
     path = tmp_path / "cache"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLED_WRITER, str(path)],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        acked = -1
-        assert proc.stdout is not None
-        while acked < 2000:
-            line = proc.stdout.readline()
-            assert line, "the writer exited early"
-            acked = int(line)
-        os.kill(proc.pid, signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait(10)
+    acked = killed_cache_writer(path, "", 2000, sync_interval=3600)  # straight into ``path``
     cache = RequestCache(path)
     assert all(f"k{i}" in cache for i in range(acked + 1))
     assert cache.get(f"k{acked}") == {"text": "t" * 200, "i": acked}
