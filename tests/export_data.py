@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
+import numpy as np
+
 from refsav_pipeline.review.export import export_validated
 from refsav_pipeline.review.select import BenchmarkSample, select_and_write
 from refsav_pipeline.review.store import DecisionStore, NewDecision
@@ -69,3 +72,16 @@ def make_export(synth_root: Path, base: Path, fail_every: int = 4) -> dict:
     train, bench = export_sa2va(out, dest)
     return {"out": out, "dest": dest, "rows": rows, "bench_videos": bench_videos,
             "records": records, "train": train, "bench": bench}
+
+
+def cv2_frames(video: Path) -> list[np.ndarray]:
+    """Every frame of ``video`` as OpenCV reads it (BGR): what Sa2VA's loaders see."""
+    cap = cv2.VideoCapture(str(video))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    return frames

@@ -6,6 +6,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
@@ -14,6 +16,7 @@ import yaml
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
 from refsav_pipeline.pipeline.cli import free_port, with_endpoints
+from refsav_pipeline.records import SHARDS_DIR
 
 MEASUREMENTS = ("latency_s", "cached_calls")
 """Columns that measure a run rather than describe its content: excluded from identity checks."""
@@ -81,3 +84,49 @@ def killed_cache_writer(shared: Path, local: Path | str | None, answers: int,
         proc.kill()
         proc.wait(10)
     return acked
+
+
+# -- ``refsav`` as a subprocess, as users run it ------------------------------------------------
+
+
+def refsav_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "refsav_pipeline.cli", *args]
+
+
+def run_argv(sample: Path, out: Path, cfg: Path) -> list[str]:
+    return refsav_argv("run", "--sav-root", str(sample), "--out", str(out), "--config",
+                       str(cfg), "--no-progress")
+
+
+def start_cli(args: list[str], **env: str) -> subprocess.Popen:
+    """A command in its own session (so its whole process group can be reaped), output kept."""
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True, env={**os.environ, **env})
+
+
+def finish_cli(proc: subprocess.Popen, expect: int = 0, timeout: float = 300) -> str:
+    out, _ = proc.communicate(timeout=timeout)
+    text = out.decode(errors="replace")
+    assert proc.returncode == expect, text[-3000:]
+    return text
+
+
+def wait_for(pred: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
+    deadline = time.time() + timeout
+    while not pred():
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def done_markers(out: Path) -> int:
+    d = out / SHARDS_DIR
+    return len(list(d.glob("*.done.json"))) if d.exists() else 0
+
+
+def few_in_flight_config(url: str, path: Path, **client: object) -> Path:
+    """Few masklets in flight, so shards finish one after another and a run has a middle to
+    kill, stop or break."""
+    cfg = config_for(url, **client)
+    cfg.run.max_inflight_masklets = 4
+    cfg.run.max_prepared_videos = 2
+    return write_config(cfg, path)

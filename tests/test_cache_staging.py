@@ -7,12 +7,10 @@ killed writer left is promoted by a task on its node; a killed promotion loses n
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import killed_cache_writer
+from pipeline_helpers import killed_cache_writer, wait_for
 
 from refsav_pipeline.llm.cache import RequestCache, local_namespace, promote, promote_orphans
 from refsav_pipeline.llm.config import ClientConfig
@@ -23,12 +21,6 @@ def _shared_only(shared: Path) -> RequestCache:
     """What the shared folder holds, read without promoting anything on the way."""
     return RequestCache(shared, local_dir="")
 
-
-def _wait_for(pred: Callable[[], bool], what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_a_killed_writers_shard_is_promoted_on_its_node_a_live_one_is_not(
@@ -65,7 +57,7 @@ def test_interval_and_close_promote_and_close_removes_the_local_shard(tmp_path: 
         cache.put(f"a{i}", {"text": f"A{i}"})
     assert cache.shard is not None and cache.local_shard is not None
     assert cache.local_shard.parent == local_namespace(shared, str(local))
-    _wait_for(lambda: len(_shared_only(shared)) == 20, "the background promotion")
+    wait_for(lambda: len(_shared_only(shared)) == 20, 60, "the background promotion")
     assert cache.local_shard.exists()  # still writing there
     slow = RequestCache(shared, local_dir=str(local), promote_interval_s=3600)
     for i in range(20):

@@ -39,7 +39,7 @@ import cv2
 import numpy as np
 import pytest
 import yaml
-from export_data import make_export
+from export_data import cv2_frames, make_export
 from factories import write_fake_run
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
@@ -68,17 +68,6 @@ def ex(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     return made
 
 
-def _read_all_frames(video: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(video))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame)
-    cap.release()
-    return frames
-
 
 def _current_loader_path(joined: str) -> str:
     parts = joined.split("/")
@@ -98,7 +87,7 @@ def _load_like_sa2va(sam2_folder: str, expression_file: Path, mode: str,
         anno = f"{sam2_folder}/{entry['anno_path']}"
         if current:
             video, anno = _current_loader_path(video), _current_loader_path(anno)
-        frames = _read_all_frames(Path(video))[::4]
+        frames = cv2_frames(Path(video))[::4]
         masklet = json.loads(Path(anno).read_text())["masklet"]
         if current:
             assert len(frames) == len(masklet)
@@ -309,7 +298,7 @@ def test_paths_are_checked_where_each_loader_opens_them(synth_root: Path, tmp_pa
 
 def test_cv2_count_is_what_read_delivers(synth_root: Path) -> None:
     for mp4 in sorted(synth_root.rglob("*.mp4")):
-        assert cv2_frame_count(mp4) == len(_read_all_frames(mp4))
+        assert cv2_frame_count(mp4) == len(cv2_frames(mp4))
     assert cv2_frame_count(synth_root / "missing.mp4") == 0
 
 
@@ -321,7 +310,7 @@ def test_counts_are_cached_until_the_file_changes(synth_root: Path, tmp_path: Pa
     first.save()
     calls = []
     assert CountCache(cache_file).get(mp4, lambda p: calls.append(p) or -1) == n and not calls
-    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _read_all_frames(mp4)]
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in cv2_frames(mp4)]
     write_mp4(mp4, frames[:-1])
     assert CountCache(cache_file).get(mp4, cv2_frame_count) == n - 1
 
@@ -331,7 +320,7 @@ def _with_short_video(synth_root: Path, root: Path, video_id: str) -> Path:
     against 4k+1 annotated, so every 4th frame gives k against k+1 masks."""
     shutil.copytree(synth_root, root)
     (mp4,) = root.rglob(f"{video_id}.mp4")
-    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in _read_all_frames(mp4)]
+    frames = [cv2.cvtColor(f, cv2.COLOR_BGR2RGB) for f in cv2_frames(mp4)]
     write_mp4(mp4, frames[:-1])
     return root
 
@@ -342,7 +331,7 @@ def test_export_leaves_out_entries_whose_frames_disagree(synth_root: Path,
     root = _with_short_video(synth_root, tmp_path / "sav", bad)
     ann = json.loads(next(root.rglob(f"{bad}_manual.json")).read_text())
     (mp4,) = root.rglob(f"{bad}.mp4")
-    assert len(_read_all_frames(mp4)[::4]) == len(ann["masklet"]) - 1
+    assert len(cv2_frames(mp4)[::4]) == len(ann["masklet"]) - 1
     out = tmp_path / "out"
     rows = write_fake_run(root, out)
     t = export_train(out, tmp_path / "dest", ExportConfig(frame_count_workers=2))

@@ -12,7 +12,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from export_data import decide, make_export
+from export_data import cv2_frames, decide, make_export
 from pycocotools import mask as mask_utils
 from typer.testing import CliRunner
 
@@ -97,24 +97,13 @@ def test_benchmark_masks_and_expressions_match_the_source(ex: dict, synth_root: 
                 for a in e["anno_id"]}) == len(masks) == len(ex["records"])
 
 
-def _all_frames(mp4: Path) -> list[np.ndarray]:
-    cap = cv2.VideoCapture(str(mp4))
-    frames = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        frames.append(frame.astype(np.int16))
-    cap.release()
-    return frames
-
 
 def test_benchmark_frames_are_the_annotated_24fps_frames(ex: dict, synth_root: Path) -> None:
     meta, _ = _bench(ex)
     unique_matches = 0
     for vid, v in meta["videos"].items():
         (mp4,) = synth_root.rglob(f"{vid}.mp4")
-        frames = _all_frames(mp4)
+        frames = cv2_frames(mp4)
         for name in v["frames"]:
             jpg = cv2.imread(str(ex["dest"] / "ref_sav_eval" / "videos" / vid / f"{name}.jpg"))
             assert jpg is not None and jpg.shape[:2] == (v["height"], v["width"])

@@ -12,19 +12,27 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import config_for, content, write_config
+from pipeline_helpers import (
+    content,
+    done_markers,
+    few_in_flight_config,
+    finish_cli,
+    refsav_argv,
+    run_argv,
+    start_cli,
+    wait_for,
+)
 
 from refsav_pipeline.llm.cache import RequestCache, local_namespace
 from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
 from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.pipeline.cli import free_port, reference_server
-from refsav_pipeline.records import SHARDS_DIR, read_rows
+from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import synth_sav
 
 
@@ -41,29 +49,8 @@ def slow_server() -> Iterator[str]:
         yield url
 
 
-def _slow_config(url: str, path: Path, **client: object) -> Path:
-    """Few masklets in flight, so shards finish one after another and there is a middle."""
-    cfg = config_for(url, **client)
-    cfg.run.max_inflight_masklets = 4
-    cfg.run.max_prepared_videos = 2
-    return write_config(cfg, path)
 
 
-def _refsav(*args: str) -> list[str]:
-    return [sys.executable, "-m", "refsav_pipeline.cli", *args]
-
-
-def _start(args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "RAY_DEDUP_LOGS": "0"}
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env=env)
-
-
-def _finish(proc: subprocess.Popen, timeout: float = 240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    text = out.decode(errors="replace")
-    assert proc.returncode == 0, text[-3000:]
-    return text
 
 
 def _reap_group(proc: subprocess.Popen) -> None:
@@ -73,16 +60,6 @@ def _reap_group(proc: subprocess.Popen) -> None:
     proc.wait(30)
 
 
-def _wait_for(pred, timeout: float = 120, what: str = "") -> None:  # noqa: ANN001
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
-
-
-def _markers(out: Path) -> int:
-    return len(list((out / SHARDS_DIR).glob("*.done.json"))) if (out / SHARDS_DIR).exists() \
-        else 0
 
 
 def _ray_workers(session_pid: int, name: str) -> list[int]:
@@ -99,13 +76,21 @@ def _ray_workers(session_pid: int, name: str) -> list[int]:
     return pids
 
 
+def _start(args: list[str]) -> subprocess.Popen:
+    """Ray's repeated log lines kept, so a killed run's log shows every worker's last words."""
+    return start_cli(args, RAY_DEDUP_LOGS="0")
+
+
+def _finish(proc: subprocess.Popen) -> str:
+    return finish_cli(proc, timeout=240)
+
+
 @pytest.fixture(scope="module")
 def straight_run(sample: Path, slow_server: str, tmp_path_factory: pytest.TempPathFactory
                  ) -> Path:
     out = tmp_path_factory.mktemp("straight")
-    cfg = _slow_config(slow_server, out.parent / "straight.yaml")
-    _finish(_start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
-                           str(cfg), "--no-progress")))
+    cfg = few_in_flight_config(slow_server, out.parent / "straight.yaml")
+    _finish(_start(run_argv(sample, out, cfg)))
     return out
 
 
@@ -113,22 +98,21 @@ def straight_run(sample: Path, slow_server: str, tmp_path_factory: pytest.TempPa
 def test_kill_driver_then_resume(sample: Path, slow_server: str, straight_run: Path,
                                  tmp_path: Path, moment: str) -> None:
     out = tmp_path / "run"
-    cfg = _slow_config(slow_server, tmp_path / "cfg.yaml")
-    proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
-                          str(cfg), "--no-progress"))
+    cfg = few_in_flight_config(slow_server, tmp_path / "cfg.yaml")
+    proc = _start(run_argv(sample, out, cfg))
     try:
         if moment == "early":
-            _wait_for(lambda: (out / "plan.json").exists(), what="the plan")
+            wait_for(lambda: (out / "plan.json").exists(), what="the plan")
             time.sleep(1.0)
         else:
-            _wait_for(lambda: _markers(out) >= 1, what="a finished shard")
+            wait_for(lambda: done_markers(out) >= 1, what="a finished shard")
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         _reap_group(proc)
-    done_before = _markers(out)
+    done_before = done_markers(out)
     assert done_before < 4
-    _finish(_start(_refsav("resume", "--out", str(out), "--config", str(cfg),
+    _finish(_start(refsav_argv("resume", "--out", str(out), "--config", str(cfg),
                            "--no-progress")))
     resumed, straight = read_rows(out), read_rows(straight_run)
     assert resumed.num_rows == straight.num_rows > 0
@@ -140,15 +124,14 @@ def test_kill_driver_then_resume(sample: Path, slow_server: str, straight_run: P
 def test_kill_a_worker_mid_run(sample: Path, slow_server: str, straight_run: Path,
                                tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cfg = _slow_config(slow_server, tmp_path / "cfg.yaml")
-    proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
-                          str(cfg), "--no-progress"))
+    cfg = few_in_flight_config(slow_server, tmp_path / "cfg.yaml")
+    proc = _start(run_argv(sample, out, cfg))
     try:
-        _wait_for(lambda: bool(_ray_workers(proc.pid, "ray::CaptionActor")),
+        wait_for(lambda: bool(_ray_workers(proc.pid, "ray::CaptionActor")),
                   what="the caption actor")
         staged = local_namespace(out / "cache", None)  # the default: under the temp dir
         assert staged is not None
-        _wait_for(lambda: any(staged.glob("*.jsonl")), what="first model calls")
+        wait_for(lambda: any(staged.glob("*.jsonl")), what="first model calls")
         time.sleep(0.5)
         for pid in _ray_workers(proc.pid, "ray::CaptionActor"):
             os.kill(pid, signal.SIGKILL)
@@ -191,22 +174,21 @@ def test_kill_before_any_promotion_then_resume_repeats_no_answered_call(
     with server as srv:
         bodies = srv.stats.bodies
         assert bodies is not None
-        cfg = _slow_config(srv.url, tmp_path / "cfg.yaml", cache_local_dir=str(local),
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml", cache_local_dir=str(local),
                            cache_promote_interval_s=3600)
-        proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
-                              str(cfg), "--no-progress"))
+        proc = _start(run_argv(sample, out, cfg))
         try:
-            _wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
+            wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
             assert proc.poll() is None, "the run ended before it could be killed"
             os.kill(proc.pid, signal.SIGKILL)
         finally:
             _reap_group(proc)
-        _wait_for(lambda: _writers_dead(staged), what="the caption actors to die")
+        wait_for(lambda: _writers_dead(staged), what="the caption actors to die")
         answered = _staged_keys(staged)
         assert len(RequestCache(out / "cache", local_dir="")) == 0  # nothing promoted yet
-        assert _markers(out) < 4
+        assert done_markers(out) < 4
         before = len(bodies)
-        log = _finish(_start(_refsav("resume", "--out", str(out), "--config", str(cfg),
+        log = _finish(_start(refsav_argv("resume", "--out", str(out), "--config", str(cfg),
                                      "--no-progress")))
         asked = {json.dumps(b, sort_keys=True) for b in bodies[before:]}
     final = RequestCache(out / "cache", local_dir="")
@@ -229,12 +211,11 @@ def test_interrupted_run_promotes_its_answers_before_it_exits(
     out, local = tmp_path / "run", tmp_path / "local"
     staged = local_namespace(out / "cache", str(local))
     assert staged is not None
-    cfg = _slow_config(slow_server, tmp_path / "cfg.yaml", cache_local_dir=str(local),
+    cfg = few_in_flight_config(slow_server, tmp_path / "cfg.yaml", cache_local_dir=str(local),
                        cache_promote_interval_s=3600)
-    proc = _start(_refsav("run", "--sav-root", str(sample), "--out", str(out), "--config",
-                          str(cfg), "--no-progress"))
+    proc = _start(run_argv(sample, out, cfg))
     try:
-        _wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
+        wait_for(lambda: len(_staged_keys(staged)) >= 12, what="answers on local disk")
         assert proc.poll() is None, "the run ended before it could be stopped"
         answered = _staged_keys(staged)
         os.kill(proc.pid, signal.SIGINT)
@@ -242,7 +223,7 @@ def test_interrupted_run_promotes_its_answers_before_it_exits(
     finally:
         _reap_group(proc)
     assert proc.returncode != 0, out_text.decode(errors="replace")[-2000:]
-    assert _markers(out) < 4
+    assert done_markers(out) < 4
     final = RequestCache(out / "cache", local_dir="")
     assert answered and all(k in final for k in answered)
     assert not staged.exists() or not list(staged.glob("*.jsonl"))

@@ -14,25 +14,30 @@ import re
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from pipeline_helpers import config_for, content, write_config
+from pipeline_helpers import (
+    content,
+    done_markers,
+    few_in_flight_config,
+    finish_cli,
+    refsav_argv,
+    run_argv,
+    start_cli,
+    wait_for,
+)
 
 from refsav_pipeline.pipeline.cli import free_port
-from refsav_pipeline.records import SHARDS_DIR, read_rows
+from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import synth_sav
 
 LATENCY = "0.1"
 
-
-def _refsav(*args: str) -> list[str]:
-    return [sys.executable, "-m", "refsav_pipeline.cli", *args]
 
 
 class Server:
@@ -45,10 +50,10 @@ class Server:
 
     def start(self) -> Server:
         self.proc = subprocess.Popen(
-            _refsav("serve", "reference", "--host", "127.0.0.1", "--port", str(self.port),
+            refsav_argv("serve", "reference", "--host", "127.0.0.1", "--port", str(self.port),
                     "--latency", LATENCY),
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait_for(self._healthy, 60, "the reference server")
+        wait_for(self._healthy, 60, "the reference server")
         return self
 
     def _healthy(self) -> bool:
@@ -77,28 +82,8 @@ def serving(port: int) -> Iterator[Server]:
         srv.kill()
 
 
-def _wait_for(pred: Callable[[], bool], timeout: float = 120, what: str = "") -> None:
-    deadline = time.time() + timeout
-    while not pred():
-        assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
-def _start(args: list[str], **env: str) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, env={**os.environ, **env})
-
-
-def _finish(proc: subprocess.Popen, expect: int = 0, timeout: float = 300) -> str:
-    out, _ = proc.communicate(timeout=timeout)
-    text = out.decode(errors="replace")
-    assert proc.returncode == expect, text[-3000:]
-    return text
-
-
-def _markers(out: Path) -> int:
-    d = out / SHARDS_DIR
-    return len(list(d.glob("*.done.json"))) if d.exists() else 0
 
 
 def _error_lines(text: str) -> list[str]:
@@ -112,24 +97,14 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _config(url: str, path: Path, **client: object) -> Path:
-    """Few masklets in flight, so the run has a middle to break."""
-    cfg = config_for(url, **client)
-    cfg.run.max_inflight_masklets = 4
-    cfg.run.max_prepared_videos = 2
-    return write_config(cfg, path)
-
-
-def _run(sample: Path, out: Path, cfg: Path) -> list[str]:
-    return _refsav("run", "--sav-root", str(sample), "--out", str(out), "--config", str(cfg),
-                   "--no-progress")
 
 
 @pytest.fixture(scope="module")
 def straight(sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("straight")
     with serving(free_port()) as srv:
-        _finish(_start(_run(sample, out, _config(srv.url, out.parent / "straight.yaml"))))
+        cfg = few_in_flight_config(srv.url, out.parent / "straight.yaml")
+        finish_cli(start_cli(run_argv(sample, out, cfg)))
     return out
 
 
@@ -145,16 +120,16 @@ def test_server_down_for_20_s_mid_run_fails_nothing(sample: Path, straight: Path
     port, out = free_port(), tmp_path / "run"
     srv = Server(port).start()
     try:
-        cfg = _config(srv.url, tmp_path / "cfg.yaml")
-        proc = _start(_run(sample, out, cfg))
-        _wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml")
+        proc = start_cli(run_argv(sample, out, cfg))
+        wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
         srv.kill()
-        done_at_kill = _markers(out)
+        done_at_kill = done_markers(out)
         time.sleep(20)
         assert proc.poll() is None, "the run ended during the outage"
-        assert _markers(out) == done_at_kill  # it waited: no shard finished without a server
+        assert done_markers(out) == done_at_kill  # it waited: no shard finished without a server
         srv.start()
-        text = _finish(proc)
+        text = finish_cli(proc)
         assert srv.chat_requests() > 0  # the rest of the run was answered after the restart
     finally:
         srv.kill()
@@ -170,23 +145,23 @@ def test_outage_past_the_limit_stops_cleanly_and_resume_finishes(
     port, out = free_port(), tmp_path / "run"
     srv = Server(port).start()
     try:
-        cfg = _config(srv.url, tmp_path / "cfg.yaml", outage_limit_s=4)
-        proc = _start(_run(sample, out, cfg))
-        _wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml", outage_limit_s=4)
+        proc = start_cli(run_argv(sample, out, cfg))
+        wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
         srv.kill()
-        text = _finish(proc, expect=1)
+        text = finish_cli(proc, expect=1)
     finally:
         srv.kill()
     assert "Traceback" not in text
     [line] = _error_lines(text)
     assert "outage_limit_s = 4" in line and srv.url in line and "Connection refused" in line
     assert f"refsav resume --out {out}" in line
-    assert _markers(out) < 4
-    if _markers(out):  # shards finished before the outage are whole and carry no failure
+    assert done_markers(out) < 4
+    if done_markers(out):  # shards finished before the outage are whole and carry no failure
         assert set(read_rows(out).column("status").to_pylist()) == {"ok"}
     with serving(port):
-        _finish(_start(_refsav("resume", "--out", str(out), "--no-progress")))
-    assert _markers(out) == 4
+        finish_cli(start_cli(refsav_argv("resume", "--out", str(out), "--no-progress")))
+    assert done_markers(out) == 4
     _assert_all_ok_and_equal(out, straight)
 
 
@@ -215,10 +190,10 @@ def test_kill_9_of_the_driver_leaves_nothing_running(sample: Path, tmp_path: Pat
     ray_tmp = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # short: Ray's socket paths
     out = tmp_path / "run"
     with serving(free_port()) as srv:
-        proc = _start(_run(sample, out, _config(srv.url, tmp_path / "cfg.yaml")),
-                      RAY_TMPDIR=ray_tmp)
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml")
+        proc = start_cli(run_argv(sample, out, cfg), RAY_TMPDIR=ray_tmp)
         try:
-            _wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
+            wait_for(lambda: srv.chat_requests() >= 12, what="the run to be under way")
             assert _session_processes(proc.pid, ray_tmp), "cannot see the run's processes"
             proc.kill()
             killed_at = time.monotonic()
@@ -271,31 +246,32 @@ def test_disk_full_stops_cleanly_and_resume_finishes(sample: Path, straight: Pat
                                                      tmp_path: Path) -> None:
     with tmpfs(tmp_path / "disk", "16m") as disk, serving(free_port()) as srv:
         out = disk / "run"
-        proc = _start(_run(sample, out, _config(srv.url, tmp_path / "cfg.yaml")))
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml")
+        proc = start_cli(run_argv(sample, out, cfg))
         try:
-            _wait_for(lambda: _markers(out) >= 1, what="a finished shard")
+            wait_for(lambda: done_markers(out) >= 1, what="a finished shard")
             filler = _fill(disk)
-            marked_when_full = _markers(out)
-            text = _finish(proc, expect=1)
+            marked_when_full = done_markers(out)
+            text = finish_cli(proc, expect=1)
         finally:
             if proc.poll() is None:
                 proc.kill()
         assert "Traceback" not in text
         [line] = _error_lines(text)
         assert f"cannot write to {out}" in line and "No space left on device" in line
-        assert _markers(out) == marked_when_full < 4  # nothing marked once the disk was full
+        assert done_markers(out) == marked_when_full < 4  # nothing marked once the disk was full
         assert set(read_rows(out).column("status").to_pylist()) == {"ok"}
         filler.unlink()  # space is back
-        _finish(_start(_refsav("resume", "--out", str(out), "--no-progress")))
-        assert _markers(out) == 4
+        finish_cli(start_cli(refsav_argv("resume", "--out", str(out), "--no-progress")))
+        assert done_markers(out) == 4
         _assert_all_ok_and_equal(out, straight)
 
 
 def test_read_only_out_is_one_line_and_exit_1(sample: Path, tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "1m", "ro") as ro, serving(free_port()) as srv:
         out = ro / "run"
-        text = _finish(_start(_run(sample, out, _config(srv.url, tmp_path / "cfg.yaml"))),
-                       expect=1, timeout=120)
+        cfg = few_in_flight_config(srv.url, tmp_path / "cfg.yaml")
+        text = finish_cli(start_cli(run_argv(sample, out, cfg)), expect=1, timeout=120)
     assert "Traceback" not in text
     [line] = _error_lines(text)
     assert f"cannot write to {out}: Read-only file system" in line

@@ -4,6 +4,7 @@ that hide nothing; layout and accessibility (axe-core). Decisions land in SQLite
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -123,6 +124,19 @@ def choose_filter(page: Page, name: str) -> None:
     expect(page.locator("#rv-filter input")).to_have_value(name)
 
 
+@contextlib.contextmanager
+def reviewer_page(browser: Browser, url: str, name: str) -> Iterator[Page]:
+    """A page logged in as ``name`` with every sample in its queue, settled; closed after."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    try:
+        login(page, url, name)
+        choose_filter(page, "all")
+        settle(page)
+        yield page
+    finally:
+        page.close()
+
+
 def test_review_in_browser(served: tuple[str, Path], browser: Browser, tmp_path: Path) -> None:
     url, out = served
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
@@ -235,11 +249,13 @@ def token(row: dict) -> str:
 def test_fast_keys_decide_only_what_was_on_screen(served: tuple[str, Path], browser: Browser,
                                                   delay: int) -> None:
     url, out = served
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
     name = {10: "carol", 50: "dave", 100: "erin"}[delay]
-    login(page, url, name)
-    choose_filter(page, "all")  # many rounds on 11 samples: do not run out of queue
-    page.wait_for_function("() => !window.rvBusy()")
+    # many rounds on 11 samples: the "all" filter, so the queue does not run out
+    with reviewer_page(browser, url, name) as page:
+        _press_rounds(page, out, name, delay)
+
+
+def _press_rounds(page: Page, out: Path, name: str, delay: int) -> None:
     for keys in (["a", "a"], ["a", "s"], ["a", "5", "r"], ["e", "a"]):
         settle(page)
         before = len(rows(out))
@@ -253,76 +269,67 @@ def test_fast_keys_decide_only_what_was_on_screen(served: tuple[str, Path], brow
             assert token(r) in seen, (keys, delay, r, presses)
         # the first key decided the object on screen when it was pressed
         assert token(new[0]) == presses[0][1]
-    page.close()
 
 
 def test_server_refuses_what_the_page_did_not_show(served: tuple[str, Path],
                                                    browser: Browser) -> None:
     url, out = served
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    login(page, url, "frank")
-    choose_filter(page, "all")
-    settle(page)
-    # two buttons clicked 10 ms apart, past the key guard: the second names the object on
-    # screen too, so it is refused (or dropped by the page): never a decision on the next one
-    before = len(rows(out))
-    shown = page.evaluate("""async () => {
-      const s = document.getElementById("rv-shown").getAttribute("data-shown");
-      document.getElementById("rv-accept").click();
-      await new Promise((r) => setTimeout(r, 10));
-      document.getElementById("rv-skip").click();
-      return s;
-    }""")
-    settle(page)
-    page.wait_for_timeout(1000)
-    new = rows(out)[before:]
-    assert [(r["action"], token(r)) for r in new] == [("accept", shown)]
-    # a version the server does not have open: refused, visibly, nothing recorded
-    settle(page)
-    page.evaluate("""() => { const e = document.getElementById("rv-shown");
-      e.setAttribute("data-shown", e.getAttribute("data-shown").replace(/\\|[^|]*$/, "|old"));
-    }""")
-    before = len(rows(out))
-    page.locator("#rv-accept").click()
-    text = wait_notice(page, r"Not recorded: the key was pressed on")
-    assert "moved on to" in text
-    page.wait_for_timeout(500)
-    assert len(rows(out)) == before
-    expect(page.locator("#rv-notice")).to_be_visible()
-    page.close()
+    with reviewer_page(browser, url, "frank") as page:
+        # two buttons clicked 10 ms apart, past the key guard: the second names the object on
+        # screen too, so it is refused (or dropped by the page): never a decision on the next one
+        before = len(rows(out))
+        shown = page.evaluate("""async () => {
+          const s = document.getElementById("rv-shown").getAttribute("data-shown");
+          document.getElementById("rv-accept").click();
+          await new Promise((r) => setTimeout(r, 10));
+          document.getElementById("rv-skip").click();
+          return s;
+        }""")
+        settle(page)
+        page.wait_for_timeout(1000)
+        new = rows(out)[before:]
+        assert [(r["action"], token(r)) for r in new] == [("accept", shown)]
+        # a version the server does not have open: refused, visibly, nothing recorded
+        settle(page)
+        page.evaluate("""() => { const e = document.getElementById("rv-shown");
+          e.setAttribute("data-shown", e.getAttribute("data-shown").replace(/\\|[^|]*$/, "|old"));
+        }""")
+        before = len(rows(out))
+        page.locator("#rv-accept").click()
+        text = wait_notice(page, r"Not recorded: the key was pressed on")
+        assert "moved on to" in text
+        page.wait_for_timeout(500)
+        assert len(rows(out)) == before
+        expect(page.locator("#rv-notice")).to_be_visible()
 
 
 def test_reject_without_reason_hides_nothing(served: tuple[str, Path],
                                              browser: Browser) -> None:
     url, out = served
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    login(page, url, "alice")
-    choose_filter(page, "all")
-    settle(page)
-    key = shown_key(page)
-    src = page.locator("#rv-frame img").get_attribute("src")
-    text = page.locator("#rv-video textarea").input_value()
-    before = len(rows(out))
-    press(page, "r")
-    notice = page.locator("#rv-notice")
-    expect(notice).to_contain_text("Choose a reject reason first")
-    # the notice sits beside the buttons; image, captions and reasons stay as they were
-    box = notice.bounding_box()
-    accept = page.locator("#rv-accept").bounding_box()
-    assert box and accept and abs(box["y"] - accept["y"]) < accept["height"]
-    for sel in ("#rv-frame img", "#rv-video textarea", "#rv-reason"):
-        other = page.locator(sel).bounding_box()
-        assert other and (box["y"] + box["height"] <= other["y"]
-                          or other["y"] + other["height"] <= box["y"]), sel
-    assert page.locator("#rv-frame img").get_attribute("src") == src
-    assert page.locator("#rv-video textarea").input_value() == text
-    assert shown_key(page) == key and len(rows(out)) == before
-    expect(page.locator(".toast-wrap .toast-body, .error")).to_have_count(0)
-    page.locator("#rv-reason label").nth(2).click()  # nothing intercepts the click
-    press(page, "r")
-    wait_notice(page, r"Saved: reject")
-    assert rows(out)[-1]["reason"] == REJECT_REASONS[2]
-    page.close()
+    with reviewer_page(browser, url, "alice") as page:
+        key = shown_key(page)
+        src = page.locator("#rv-frame img").get_attribute("src")
+        text = page.locator("#rv-video textarea").input_value()
+        before = len(rows(out))
+        press(page, "r")
+        notice = page.locator("#rv-notice")
+        expect(notice).to_contain_text("Choose a reject reason first")
+        # the notice sits beside the buttons; image, captions and reasons stay as they were
+        box = notice.bounding_box()
+        accept = page.locator("#rv-accept").bounding_box()
+        assert box and accept and abs(box["y"] - accept["y"]) < accept["height"]
+        for sel in ("#rv-frame img", "#rv-video textarea", "#rv-reason"):
+            other = page.locator(sel).bounding_box()
+            assert other and (box["y"] + box["height"] <= other["y"]
+                              or other["y"] + other["height"] <= box["y"]), sel
+        assert page.locator("#rv-frame img").get_attribute("src") == src
+        assert page.locator("#rv-video textarea").input_value() == text
+        assert shown_key(page) == key and len(rows(out)) == before
+        expect(page.locator(".toast-wrap .toast-body, .error")).to_have_count(0)
+        page.locator("#rv-reason label").nth(2).click()  # nothing intercepts the click
+        press(page, "r")
+        wait_notice(page, r"Saved: reject")
+        assert rows(out)[-1]["reason"] == REJECT_REASONS[2]
 
 
 def _source_view(sav_root: Path, out: Path, key: tuple[str, str, int]
@@ -343,33 +350,29 @@ def _source_view(sav_root: Path, out: Path, key: tuple[str, str, int]
 def test_main_view_shows_true_colours(served: tuple[str, Path], browser: Browser,
                                       synth_root: Path) -> None:
     url, out = served
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    login(page, url, "bob")
-    choose_filter(page, "all")
-    settle(page)
-    key = shown_key(page)
-    frame, mask = _source_view(synth_root, out, key)
-    inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
-    assert inside.sum() > 50
+    with reviewer_page(browser, url, "bob") as page:
+        key = shown_key(page)
+        frame, mask = _source_view(synth_root, out, key)
+        inside = cv2.erode(mask.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
+        assert inside.sum() > 50
 
-    def shown_pixels() -> np.ndarray:
+        def shown_pixels() -> np.ndarray:
+            src = page.locator("#rv-frame img").get_attribute("src")
+            body = page.request.get(url + src).body()  # the bytes the browser displays
+            image = decode_jpeg(body)
+            assert image.shape == frame.shape
+            return image
+
+        diff = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
+        assert diff < 6, f"object pixels differ from the source frame by {diff:.1f} on average"
+        assert not page.locator("#rv-tint input").is_checked()  # the tint is off by default
         src = page.locator("#rv-frame img").get_attribute("src")
-        body = page.request.get(url + src).body()  # the bytes the browser displays
-        image = decode_jpeg(body)
-        assert image.shape == frame.shape
-        return image
-
-    diff = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
-    assert diff < 6, f"object pixels differ from the source frame by {diff:.1f} on average"
-    assert not page.locator("#rv-tint input").is_checked()  # the tint is off by default
-    src = page.locator("#rv-frame img").get_attribute("src")
-    page.locator("#rv-tint input").check()
-    expect(page.locator("#rv-frame img")).not_to_have_attribute("src", src)
-    tinted = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
-    assert tinted > 3 * max(diff, 2.0)  # the check above would catch a tint
-    page.locator("#rv-tint input").uncheck()
-    expect(page.locator("#rv-frame img")).to_have_attribute("src", src)
-    page.close()
+        page.locator("#rv-tint input").check()
+        expect(page.locator("#rv-frame img")).not_to_have_attribute("src", src)
+        tinted = np.abs(shown_pixels()[inside].astype(int) - frame[inside].astype(int)).mean()
+        assert tinted > 3 * max(diff, 2.0)  # the check above would catch a tint
+        page.locator("#rv-tint input").uncheck()
+        expect(page.locator("#rv-frame img")).to_have_attribute("src", src)
 
 
 def _axe_path() -> Path:
