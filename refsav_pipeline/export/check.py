@@ -341,8 +341,9 @@ def check_export(dest: str | Path, sav_root: str | Path | None = None,
         c.add("missing_file", str(dest), f"neither {TRAIN_FILE} nor {BENCH_DIR}/ found")
         return report
     if train.is_file():
+        content = train.read_bytes() if layout.train_files[1:] else b""
         for other in layout.train_files[1:]:
-            if not other.is_file() or other.read_bytes() != train.read_bytes():
+            if not other.is_file() or other.read_bytes() != content:
                 c.add("train_copy", str(other), f"must exist with the same content as "
                       f"{train.name} (older Sa2VA configs read this name)")
         if sav_root is None and layout.sav_link is not None:

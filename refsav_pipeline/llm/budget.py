@@ -137,10 +137,6 @@ class RequestBudget:
     def fits(self) -> bool:
         return self.total <= self.max_model_len
 
-    @property
-    def spare(self) -> int:
-        return self.max_model_len - self.total
-
     def describe(self) -> str:
         return (f"{self.image_tokens} image + {self.text_tokens} text tokens (estimated upper "
                 f"bound) + max_completion_tokens {self.completion_tokens} = {self.total} > "

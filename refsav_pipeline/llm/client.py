@@ -250,12 +250,8 @@ class ModelClient:
                         self.ccfg.reprobe_interval_s)
             self._outage_probes += 1
             await asyncio.sleep(min(max(delay, 0.05), limit - down_for))
-
-            async def fresh_probe(ep: EndpointState) -> None:
-                async with ep.probe_lock:
-                    await self._probe_now(ep)
-
-            await asyncio.gather(*(fresh_probe(ep) for ep in self.endpoints))
+            now = time.monotonic()  # one probe per endpoint and round, shared as in _is_down
+            await asyncio.gather(*(self._is_down(ep, now) for ep in self.endpoints))
 
     def _endpoint_errors(self) -> str:
         return "; ".join(f"{ep.url}: {ep.last_error or 'not answering'}"
