@@ -32,6 +32,7 @@ from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
 from refsav_pipeline.pipeline.shards import (
     ShardState,
+    has_failed_rows,
     parquet_bytes,
     read_shard,
     shard_states,
@@ -112,8 +113,8 @@ def shards_to_do(out_dir: str | Path, retry_failed: bool = False) -> tuple[int, 
     so a rerun with nothing to do can say so without starting Ray or model servers."""
     plan = load_plan(out_dir)
     states = shard_states(out_dir, plan)
-    todo = sum(state is not ShardState.done or (retry_failed and bool(
-        marker and marker.by_status.get("failed"))) for state, marker in states.values())
+    todo = sum(state is not ShardState.done or (retry_failed and has_failed_rows(state, marker))
+               for state, marker in states.values())
     return todo, len(plan.shards)
 
 
@@ -122,7 +123,7 @@ def failed_keys(out_dir: Path, plan: Plan, *, verify: bool = False
     """Per finished shard, the keys of its failed rows."""
     out: dict[int, set[MaskletKey]] = {}
     for shard_id, (state, marker) in shard_states(out_dir, plan, verify=verify).items():
-        if state is ShardState.done and marker and marker.by_status.get("failed"):
+        if has_failed_rows(state, marker):
             out[shard_id] = {r.key for r in read_shard(out_dir, shard_id)
                              if r.status == "failed"}
     return out

@@ -404,7 +404,7 @@ class Scheduler:
         self.max_masklets = run.max_inflight_masklets
         self.todo: deque[VideoTask] = deque(videos)
         self.preparing = 0
-        self.prepared: deque[tuple[int, int, VideoTask, list[tuple[MaskletKey, Any]]]] = deque()
+        self.prepared: deque[tuple[VideoTask, list[tuple[MaskletKey, Any]]]] = deque()
         self.captioning = 0
         self.actors = actors
         self.load = [0] * len(actors)
@@ -432,7 +432,8 @@ class Scheduler:
             self._watch("prepared", task, self._prepare.remote(
                 self.plan.sav_root, ref, self._cfg_ref, self.plan.config_fingerprint, only))
         while self.prepared and self.captioning < self.max_masklets:
-            shard_id, pos, task, jobs = self.prepared[0]
+            task, jobs = self.prepared[0]
+            shard_id, pos = task[0], task[1]
             n = min(CALL_BATCH, len(jobs), self.max_masklets - self.captioning)
             batch = [jobs.pop() for _ in range(n)]
             i = min(range(len(self.load)), key=self.load.__getitem__)
@@ -446,7 +447,7 @@ class Scheduler:
     def video_prepared(self, task: VideoTask, jobs: list[tuple[MaskletKey, Any]]) -> None:
         self.preparing -= 1
         if jobs:
-            self.prepared.append((task[0], task[1], task, list(reversed(jobs))))
+            self.prepared.append((task, list(reversed(jobs))))
 
     def masklets_returned(self, actor: int, n: int) -> None:
         self.captioning -= n

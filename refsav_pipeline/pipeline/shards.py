@@ -142,6 +142,12 @@ def _states(out_dir: str | Path, listing: ShardListing, plan: Plan, verify: bool
     return states
 
 
+def has_failed_rows(state: ShardState, marker: ShardMarker | None) -> bool:
+    """A finished shard whose marker counts failed rows (what ``--retry-failed`` redoes)."""
+    return state is ShardState.done and marker is not None and bool(
+        marker.by_status.get("failed"))
+
+
 def shards_left(out_dir: str | Path, plan: Plan, *, verify: bool = False) -> list[Shard]:
     """The shards a run must (re)do, each cleared of its unvouched file, stale marker and
     leftover temp files: the folder is listed once for all of it, whatever the number of
