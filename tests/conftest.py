@@ -1,5 +1,5 @@
-"""Shared fixtures: the real SA-V annotation from ../shared, small synthetic SA-V samples, and a
-local Ray instance per test module."""
+"""Shared fixtures: the real SA-V annotation kept in tests/data/sa-v, small synthetic SA-V
+samples, and a local Ray instance per test module."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import ray
 from refsav_pipeline.sav.synth import synth_sav
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-REAL_SAV_DIR = PROJECT_ROOT / ".." / "shared" / "fixtures" / "sa-v"
+REAL_SAV_DIR = PROJECT_ROOT / "tests" / "data" / "sa-v"
 REAL_SAV_JSON = REAL_SAV_DIR / "sav_000001_manual.json"
 
 
