@@ -4,7 +4,7 @@ Why: real model servers answer in seconds and stay busy only with hundreds of re
 flight, so the pipeline must keep C requests in flight at a cost per request that does not grow
 with C. This runs the whole pipeline (``prepare_output`` + ``execute`` on local Ray: CPU-stage
 tasks, the caption actor, the driver) against a minimal OpenAI-compatible stub server
-(``refsav_pipeline.llm.stub_server``, a subprocess: fixed latency L, fixed answers, no pixel
+(``refsav_pipeline.reference.stub_server``, a subprocess: fixed latency L, fixed answers, no pixel
 work), for each C in the sweep, each in a fresh output folder with a fresh request cache.
 
 C is the concurrency the servers are sized to: the captioner's endpoint allows 0.8·C and the
@@ -67,8 +67,8 @@ class Stub:
     def __init__(self, latency: float, models: list[str]) -> None:
         self.port = free_port()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "refsav_pipeline.llm.stub_server", "--port", str(self.port),
-             "--latency", str(latency), "--models", ",".join(models)],
+            [sys.executable, "-m", "refsav_pipeline.reference.stub_server",
+             "--port", str(self.port), "--latency", str(latency), "--models", ",".join(models)],
             stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()

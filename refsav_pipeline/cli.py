@@ -9,10 +9,10 @@ import typer
 from refsav_pipeline.cli_common import DEBUG, ReportingGroup, debug_from_env
 from refsav_pipeline.deploy.cli import deploy_app
 from refsav_pipeline.export.cli import export_app, report
-from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.pipeline import cli as pipeline_cli
 from refsav_pipeline.review.cli import benchmark_app, review_app
 from refsav_pipeline.sav.cli import sav_app
+from refsav_pipeline.serve.cli import serve_app
 
 app = typer.Typer(
     name="refsav",

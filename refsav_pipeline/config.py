@@ -14,7 +14,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from refsav_pipeline.llm.config import ClientConfig, ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.config import ClientConfig, ModelsConfig
+from refsav_pipeline.reference.config import ReferenceServerConfig
 
 MaskletType = Literal["manual", "auto"]
 RGB = tuple[int, int, int]

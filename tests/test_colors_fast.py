@@ -9,8 +9,8 @@ from refsav_pipeline.colors import (
     highlight_mask,
     highlight_mask_reference,
 )
-from refsav_pipeline.llm.reference_vision import decode_jpeg
-from refsav_pipeline.llm.testing import background, blob_mask, contour_frame, to_jpeg
+from refsav_pipeline.reference.testing import background, blob_mask, contour_frame, to_jpeg
+from refsav_pipeline.reference.vision import decode_jpeg
 
 
 def test_highlight_mask_equals_definition_on_every_colour() -> None:

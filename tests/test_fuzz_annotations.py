@@ -27,12 +27,13 @@ from pipeline_helpers import config_for, write_config
 from pydantic import BaseModel
 
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
-from refsav_pipeline.llm.reference_server import ReferenceServer
+from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.pipeline.plan import load_plan
 from refsav_pipeline.pipeline.prepare import prepare_video
 from refsav_pipeline.pipeline.shards import ShardState, shard_states
 from refsav_pipeline.records import RefSavRow, read_rows, rows_to_table, shard_files
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.server import ReferenceServer
 from refsav_pipeline.sav.index import find_video, index_sav_root
 from refsav_pipeline.sav.synth import synth_sav
 

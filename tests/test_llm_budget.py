@@ -14,9 +14,9 @@ from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.budget import _sof_size, budget_for, image_tokens, internvl_grid, jpeg_size
 from refsav_pipeline.llm.errors import ModelCallError
-from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.llm.testing import background, fast_client, models_at, to_jpeg
+from refsav_pipeline.reference.server import ReferenceServer
+from refsav_pipeline.reference.testing import background, fast_client, models_at, to_jpeg
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "configs" / "refsav-internvl2-76b-qwen2-72b.yaml"

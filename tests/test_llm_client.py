@@ -15,17 +15,19 @@ from pipeline_helpers import closed_port_url, killed_cache_writer
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.cache import RequestCache, cache_key
-from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.llm.errors import (
     ModelCallError,
     OutageLimitReached,
     UnparseableOutputError,
 )
 from refsav_pipeline.llm.pool import EndpointPool
-from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.llm.stub_server import StubServer
-from refsav_pipeline.llm.testing import (
+from refsav_pipeline.pipeline.cli import free_port
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.server import ReferenceServer
+from refsav_pipeline.reference.stub_server import StubServer
+from refsav_pipeline.reference.testing import (
     box_frames,
     crop,
     fast_client,
@@ -34,7 +36,6 @@ from refsav_pipeline.llm.testing import (
     object_frame,
     to_jpeg,
 )
-from refsav_pipeline.pipeline.cli import free_port
 
 COLORS = ["red", "green", "blue", "cyan", "magenta", "orange", "purple", "white"]
 

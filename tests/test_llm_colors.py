@@ -14,8 +14,7 @@ from refsav_pipeline.colors import (
     dominant_color_name,
     highlight_mask,
 )
-from refsav_pipeline.llm.reference_vision import decode_jpeg, see_object, see_outlined
-from refsav_pipeline.llm.testing import (
+from refsav_pipeline.reference.testing import (
     background,
     contour_frame,
     crop,
@@ -23,6 +22,7 @@ from refsav_pipeline.llm.testing import (
     object_frame,
     to_jpeg,
 )
+from refsav_pipeline.reference.vision import decode_jpeg, see_object, see_outlined
 
 
 @pytest.mark.parametrize("name", sorted(OBJECT_PALETTE))

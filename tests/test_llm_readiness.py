@@ -7,8 +7,8 @@ import pytest
 from pipeline_helpers import closed_port_url
 
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.llm.readiness import ServerExited, wait_healthy
 from refsav_pipeline.pipeline.cli import free_port, reference_server
+from refsav_pipeline.serve.readiness import ServerExited, wait_healthy
 
 
 def test_waits_for_the_named_model_not_just_any_answer() -> None:

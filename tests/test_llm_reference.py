@@ -10,11 +10,12 @@ import httpx
 import pytest
 
 from refsav_pipeline.llm import calls
-from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.llm.errors import ModelCallError
-from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.llm.testing import (
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.server import ReferenceServer
+from refsav_pipeline.reference.testing import (
     box_frames,
     contour_frame,
     crop,

@@ -16,12 +16,12 @@ import yaml
 from typer.testing import CliRunner
 
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.llm.cli import serve_app
 from refsav_pipeline.llm.config import PromptRef, PromptsConfig
 from refsav_pipeline.llm.prompts import load_prompt
-from refsav_pipeline.llm.readiness import wait_healthy
-from refsav_pipeline.llm.reference_vision import decode_jpeg
-from refsav_pipeline.llm.testing import crop, object_frame, to_jpeg
+from refsav_pipeline.reference.testing import crop, object_frame, to_jpeg
+from refsav_pipeline.reference.vision import decode_jpeg
+from refsav_pipeline.serve.cli import serve_app
+from refsav_pipeline.serve.readiness import wait_healthy
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "configs" / "refsav-internvl2-76b-qwen2-72b.yaml"
@@ -122,7 +122,7 @@ def test_serve_reference_subprocess(tmp_path: Path) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = "from refsav_pipeline.llm.cli import serve_app; serve_app()"
+    code = "from refsav_pipeline.serve.cli import serve_app; serve_app()"
     env = {**os.environ, "NO_PROXY": "*"}
     proc = subprocess.Popen([sys.executable, "-c", code, "reference", "--config", str(LOCAL),
                              "--port", str(port), "--latency", "0.01"],
@@ -202,7 +202,7 @@ def test_jpeg_roundtrip_helper() -> None:
 
 
 def test_checkpoint_context_as_vllm_derives_it(tmp_path: Path) -> None:
-    from refsav_pipeline.llm.checkpoint import context_length, max_model_len_problem
+    from refsav_pipeline.serve.checkpoint import context_length, max_model_len_problem
 
     assert context_length({"llm_config": {"max_position_embeddings": 8192}}) == 8192
     assert context_length({"text_config": {"max_position_embeddings": 4096,

@@ -17,12 +17,15 @@ import pytest
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.client import jpeg_part
-from refsav_pipeline.llm.config import ReferenceServerConfig
 from refsav_pipeline.llm.errors import ModelCallError
 from refsav_pipeline.llm.prompts import load_prompt
-from refsav_pipeline.llm.reference_server import ReferenceServer
 from refsav_pipeline.llm.session import PROMPT_KEYS, ModelSession
-from refsav_pipeline.llm.testing import (
+from refsav_pipeline.pipeline.cli import with_endpoints
+from refsav_pipeline.pipeline.driver import execute, prepare_output
+from refsav_pipeline.records import read_rows
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.server import ReferenceServer
+from refsav_pipeline.reference.testing import (
     background,
     crop,
     fast_client,
@@ -30,9 +33,6 @@ from refsav_pipeline.llm.testing import (
     object_frame,
     to_jpeg,
 )
-from refsav_pipeline.pipeline.cli import with_endpoints
-from refsav_pipeline.pipeline.driver import execute, prepare_output
-from refsav_pipeline.records import read_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "configs" / "refsav-internvl2-76b-qwen2-72b.yaml"

@@ -29,10 +29,11 @@ from pipeline_helpers import (
 )
 
 from refsav_pipeline.llm.cache import RequestCache, local_namespace
-from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
-from refsav_pipeline.llm.reference_server import ReferenceServer
+from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.records import read_rows
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.server import ReferenceServer
 from refsav_pipeline.sav.synth import synth_sav
 
 

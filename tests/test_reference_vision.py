@@ -9,9 +9,9 @@ import pytest
 
 from refsav_pipeline.colors import COLOR_TERMS, OBJECT_PALETTE, color_indices
 from refsav_pipeline.config import YELLOW
-from refsav_pipeline.llm.reference_server import answer
-from refsav_pipeline.llm.reference_vision import decode_jpeg, see_box
-from refsav_pipeline.llm.testing import background, blob_mask, to_jpeg
+from refsav_pipeline.reference.server import answer
+from refsav_pipeline.reference.testing import background, blob_mask, to_jpeg
+from refsav_pipeline.reference.vision import decode_jpeg, see_box
 from refsav_pipeline.render import box_image
 
 Box = tuple[int, int, int, int]

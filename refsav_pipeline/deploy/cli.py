@@ -29,8 +29,8 @@ def endpoints(
     has the same fingerprint, so `refsav resume --config` accepts it in every later job.
     """
     from refsav_pipeline.cli_common import load_config
-    from refsav_pipeline.llm.readiness import wait_healthy
     from refsav_pipeline.pipeline.cli import with_endpoints
+    from refsav_pipeline.serve.readiness import wait_healthy
 
     cfg = load_config(config)
     url = url.rstrip("/")

@@ -1,4 +1,4 @@
-"""Config sections of the model layer (models, HTTP client, reference server).
+"""Config sections of the model layer (models and how they are served, the HTTP client).
 
 Kept free of ``refsav_pipeline.config`` imports: that module imports these classes to build
 ``PipelineConfig``. What changes answers (model ids, prompt versions, sampling, processor
@@ -10,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from refsav_pipeline.serve.capacity import default_concurrency
 
 
 class _Section(BaseModel):
@@ -72,7 +74,7 @@ class ModelEndpointConfig(_Section):
         description="OpenAI base URLs (ending in /v1) serving this model")
     max_concurrency: int = Field(
         16, ge=1, description="in-flight requests per endpoint; default: what one replica's KV "
-        "cache holds at max_model_len each (llm/capacity.py), 16 for unknown models")
+        "cache holds at max_model_len each (serve/capacity.py), 16 for unknown models")
     api_key_env: str | None = Field(
         None, description="name of an env var holding the server's --api-key, if any")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -90,8 +92,6 @@ class ModelEndpointConfig(_Section):
     @model_validator(mode="after")
     def _derive_concurrency(self) -> ModelEndpointConfig:
         if "max_concurrency" not in self.model_fields_set:
-            from refsav_pipeline.llm.capacity import default_concurrency
-
             self.max_concurrency = default_concurrency(self.model, self.vllm)
         return self
 
@@ -173,23 +173,3 @@ class ClientConfig(_Section):
     cache_promote_interval_s: float = Field(
         30.0, gt=0, description="how often a writer copies its new answers to cache_path; "
         "a lost node loses at most this much of its answers (they are asked again)")
-
-
-FaultKind = Literal["http_500", "hang", "malformed_json"]
-
-
-class ReferenceServerConfig(_Section):
-    """The offline reference server (``refsav serve reference``)."""
-
-    host: str = "127.0.0.1"
-    port: int = Field(8765, ge=0, le=65535)
-    latency_s: float = Field(0.0, ge=0, description="added to every chat completion")
-    fault_rate: float = Field(0.0, ge=0, le=1)
-    faults: list[FaultKind] = Field(
-        default_factory=lambda: ["http_500", "hang", "malformed_json"],
-        description="malformed_json applies to judge requests only")
-    hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
-    seed: int = 0
-    trust_request_mm_kwargs: bool | None = Field(
-        None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "
-        "None: as `refsav serve vllm` starts each model")

@@ -17,7 +17,6 @@ from rich.console import Console
 from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, RunStopped
-from refsav_pipeline.llm.readiness import ServerExited, wait_healthy
 from refsav_pipeline.pipeline.driver import (
     execute,
     load_run_config,
@@ -29,6 +28,7 @@ from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
 from refsav_pipeline.pipeline.status import print_status, run_status
 from refsav_pipeline.records import shard_files
 from refsav_pipeline.sav.synth import synth_sav
+from refsav_pipeline.serve.readiness import ServerExited, wait_healthy
 
 console = Console(stderr=True)
 out_console = Console()

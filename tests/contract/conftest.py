@@ -87,7 +87,7 @@ def dry_run(config: Path, *args: str, env: dict[str, str] | None = None
     """``refsav serve vllm --dry-run`` from this clone, run by this venv's Python."""
     e = {k: v for k, v in os.environ.items() if k != "CUDA_VISIBLE_DEVICES"}
     e.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([sys.executable, "-m", "refsav_pipeline.llm.cli", "vllm", "--config",
+    return subprocess.run([sys.executable, "-m", "refsav_pipeline.serve.cli", "vllm", "--config",
                            str(config), "--dry-run", *args], capture_output=True, text=True,
                           env=e, timeout=300, cwd=ROOT)
 

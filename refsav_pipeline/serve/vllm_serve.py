@@ -20,7 +20,7 @@ from typing import Any
 
 from refsav_pipeline.llm.config import ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.prompts import load_prompt
-from refsav_pipeline.llm.readiness import wait_healthy
+from refsav_pipeline.serve.readiness import wait_healthy
 
 DEFAULT_NODE_GPUS = 8
 """GPUs assumed on this node when none can be counted (planning on a machine without GPUs)."""

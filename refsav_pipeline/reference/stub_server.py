@@ -9,7 +9,7 @@ Plain asyncio HTTP/1.1 with keep-alive: thousands of connections at a few tens o
 microseconds each. It counts requests and the most in flight
 (``GET /stats``).
 
-    python -m refsav_pipeline.llm.stub_server --port 8900 --latency 2 --models a,b
+    python -m refsav_pipeline.reference.stub_server --port 8900 --latency 2 --models a,b
 """
 
 from __future__ import annotations

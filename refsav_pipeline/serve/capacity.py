@@ -12,8 +12,7 @@ preempt.
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from refsav_pipeline.llm.config import VllmServeConfig
+from typing import Protocol
 
 GIB = 1 << 30
 KIB = 1 << 10
@@ -40,6 +39,16 @@ class ModelShape:
     @property
     def weight_bytes(self) -> float:
         return self.params_b * 1e9 * self.dtype_bytes
+
+
+class ServedShape(Protocol):
+    """What sizes a replica (``llm.config.VllmServeConfig`` has it): taken as a protocol so the
+    config can derive its default from this module without the two importing each other."""
+
+    tensor_parallel_size: int
+    gpu_memory_gib: float
+    gpu_memory_utilization: float
+    max_model_len: int
 
 
 KNOWN_SHAPES: dict[str, ModelShape] = {
@@ -99,7 +108,7 @@ class ReplicaCapacity:
                 f"÷ max_model_len {self.max_model_len} = {self.concurrency} requests in flight")
 
 
-def replica_capacity(model: str, v: VllmServeConfig) -> ReplicaCapacity | None:
+def replica_capacity(model: str, v: ServedShape) -> ReplicaCapacity | None:
     """The KV arithmetic for one replica of ``model`` served with ``v``; None if shape unknown."""
     shape = KNOWN_SHAPES.get(model)
     if shape is None:
@@ -108,7 +117,7 @@ def replica_capacity(model: str, v: VllmServeConfig) -> ReplicaCapacity | None:
                            v.gpu_memory_utilization, v.max_model_len)
 
 
-def default_concurrency(model: str, v: VllmServeConfig) -> int:
+def default_concurrency(model: str, v: ServedShape) -> int:
     """Default in-flight requests per endpoint of ``model``: what its KV cache holds."""
     cap = replica_capacity(model, v)
     return cap.concurrency if cap is not None else DEFAULT_CONCURRENCY

@@ -41,7 +41,7 @@ def reference(
         help="pipeline YAML: model names served, reference_server defaults")] = None,
 ) -> None:
     """Offline OpenAI-compatible server whose answers are computed from the images sent."""
-    from refsav_pipeline.llm.reference_server import run_server, served_models
+    from refsav_pipeline.reference.server import run_server, served_models
 
     cfg = _load(config)
     over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
@@ -72,9 +72,9 @@ def vllm(
         help="local mode: GPUs on this node (default: counted; 8 if none are visible)")] = None,
 ) -> None:
     """Start `vllm serve` for each configured model, wait for /v1/models, print endpoints."""
-    from refsav_pipeline.llm.capacity import replica_capacity
-    from refsav_pipeline.llm.checkpoint import max_model_len_problem
-    from refsav_pipeline.llm.vllm_serve import (
+    from refsav_pipeline.serve.capacity import replica_capacity
+    from refsav_pipeline.serve.checkpoint import max_model_len_problem
+    from refsav_pipeline.serve.vllm_serve import (
         DEFAULT_NODE_GPUS,
         LocalServers,
         RayServers,

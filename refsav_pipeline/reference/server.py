@@ -37,9 +37,10 @@ from fastapi.responses import JSONResponse
 
 from refsav_pipeline.colors import color_terms_in, highlight_mask
 from refsav_pipeline.llm.budget import DEFAULT_MAX_DYNAMIC_PATCH, image_tokens
-from refsav_pipeline.llm.config import ModelsConfig, ReferenceServerConfig
+from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.llm.prompts import IMAGE_PLACEHOLDER
-from refsav_pipeline.llm.reference_vision import (
+from refsav_pipeline.reference.config import ReferenceServerConfig
+from refsav_pipeline.reference.vision import (
     decode_jpeg,
     has_highlight,
     motion_direction,
@@ -91,7 +92,7 @@ class ServerStats:
 def served_models(models: ModelsConfig,
                   cfg: ReferenceServerConfig | None = None) -> list[ServedModel]:
     """Each model as ``refsav serve vllm`` would start it (trust option: ``cfg`` may override)."""
-    from refsav_pipeline.llm.vllm_serve import trusts_request_mm_kwargs
+    from refsav_pipeline.serve.vllm_serve import trusts_request_mm_kwargs
 
     trust = cfg.trust_request_mm_kwargs if cfg is not None else None
     out: dict[str, ServedModel] = {}

@@ -1,0 +1,31 @@
+"""Config section of the offline reference server (``reference_server`` in the run config)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+FaultKind = Literal["http_500", "hang", "malformed_json"]
+
+
+class ReferenceServerConfig(_Section):
+    """The offline reference server (``refsav serve reference``)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8765, ge=0, le=65535)
+    latency_s: float = Field(0.0, ge=0, description="added to every chat completion")
+    fault_rate: float = Field(0.0, ge=0, le=1)
+    faults: list[FaultKind] = Field(
+        default_factory=lambda: ["http_500", "hang", "malformed_json"],
+        description="malformed_json applies to judge requests only")
+    hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
+    seed: int = 0
+    trust_request_mm_kwargs: bool | None = Field(
+        None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "
+        "None: as `refsav serve vllm` starts each model")
