@@ -52,9 +52,9 @@ from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
+from refsav_pipeline.pipeline.actors import start_actors
 from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.pipeline.driver import execute, prepare_output
-from refsav_pipeline.pipeline.runner import start_actors
 from refsav_pipeline.pipeline.shards import parquet_bytes
 
 CALLS_PER_MASKLET = 5
@@ -186,7 +186,7 @@ class CpuSampler(threading.Thread):
 
 @ray.remote
 def _warm() -> int:
-    import refsav_pipeline.pipeline.runner  # noqa: F401  (the CPU-stage task's module)
+    import refsav_pipeline.pipeline.actors  # noqa: F401  (the CPU-stage task's module)
 
     time.sleep(0.5)
     return os.getpid()

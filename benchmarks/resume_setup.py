@@ -71,7 +71,7 @@ def setup_now(out: Path) -> dict:
     """The set-up as ``driver.execute`` does it, phase by phase: {phase: [CPU s, wall s]}."""
     from refsav_pipeline.pipeline.driver import plan_outside_gc
     from refsav_pipeline.pipeline.plan import load_plan
-    from refsav_pipeline.pipeline.runner import RunStats, ShardBook
+    from refsav_pipeline.pipeline.shard_book import RunStats, ShardBook
     from refsav_pipeline.pipeline.shards import parquet_bytes, shards_left
 
     parquet_bytes([])  # what execute pays before the set-up (pyarrow's pandas import)

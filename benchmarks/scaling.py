@@ -39,9 +39,9 @@ from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.config import ClientConfig
+from refsav_pipeline.pipeline.actors import prepare_remote
 from refsav_pipeline.pipeline.cli import free_port, reference_server, with_endpoints
 from refsav_pipeline.pipeline.driver import execute, prepare_output
-from refsav_pipeline.pipeline.runner import _prepare_remote
 from refsav_pipeline.pipeline.shards import parquet_bytes
 from refsav_pipeline.sav.index import index_sav_root
 
@@ -62,7 +62,7 @@ def config(url: str, workers: int, max_side: int) -> PipelineConfig:
 @ray.remote
 def _warm() -> int:
     """Occupy one worker process for a moment, with the CPU stage's task module imported."""
-    import refsav_pipeline.pipeline.runner  # noqa: F401  (where the CPU-stage task lives)
+    import refsav_pipeline.pipeline.actors  # noqa: F401  (where the CPU-stage task lives)
 
     time.sleep(0.5)
     return os.getpid()
@@ -73,7 +73,7 @@ def cpu_stage_alone(root: Path, cfg: PipelineConfig, workers: int) -> dict[str, 
     to the driver as ``run_shards`` does; no model stage. Needs Ray up (and warm)."""
     refs = index_sav_root(root)
     fingerprint = cfg.fingerprint()
-    prepare = _prepare_remote.options(num_cpus=cfg.run.cpus_per_task)
+    prepare = prepare_remote.options(num_cpus=cfg.run.cpus_per_task)
     todo = list(refs)
     running: list[ray.ObjectRef] = []
     jobs = cpu_s = 0.0

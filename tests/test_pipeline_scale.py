@@ -21,7 +21,7 @@ from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.pipeline.driver import execute, prepare_output
 from refsav_pipeline.pipeline.plan import Plan, load_plan, make_plan, save_plan
 from refsav_pipeline.pipeline.prepare import prepare_video
-from refsav_pipeline.pipeline.runner import RunStats, ShardBook
+from refsav_pipeline.pipeline.shard_book import RunStats, ShardBook
 from refsav_pipeline.pipeline.shards import (
     ShardState,
     shard_path,

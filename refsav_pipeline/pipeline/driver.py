@@ -29,7 +29,9 @@ from refsav_pipeline.pipeline.plan import (
     write_atomic,
 )
 from refsav_pipeline.pipeline.prepare import MaskletKey
-from refsav_pipeline.pipeline.runner import RunStats, ray_session, run_shards
+from refsav_pipeline.pipeline.ray_session import ray_session
+from refsav_pipeline.pipeline.runner import run_shards
+from refsav_pipeline.pipeline.shard_book import RunStats
 from refsav_pipeline.pipeline.shards import (
     ShardState,
     has_failed_rows,

@@ -1,0 +1,57 @@
+"""The run's progress bars: videos, masklets, shards, and the requests each model has in flight."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class RunProgress:
+    """Bars for videos, masklets and shards, and the requests each model has in flight."""
+
+    def __init__(self, console: Console | None, enabled: bool, videos: int, shards: int) -> None:
+        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(),
+                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[note]}"), console=console,
+                            disable=not enabled, transient=False)
+        self.videos = self.bar.add_task("videos", total=videos, note="")
+        self.masklets = self.bar.add_task("masklets", total=0, note="")
+        self.shards = self.bar.add_task("shards", total=shards, note="")
+        self.peak_in_flight: dict[str, int] = {}
+
+    def __enter__(self) -> RunProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.__exit__(None, None, None)
+
+    def video_done(self, jobs: int, failed: int) -> None:
+        total = self.bar.tasks[self.masklets].total or 0
+        self.bar.update(self.masklets, total=total + jobs + failed, advance=failed)
+        self.bar.advance(self.videos)
+
+    def masklet_done(self) -> None:
+        self.bar.advance(self.masklets)
+
+    def shard_done(self) -> None:
+        self.bar.advance(self.shards)
+
+    def in_flight(self, per_actor: list[dict[str, int]]) -> None:
+        total: dict[str, int] = {}
+        for part in per_actor:
+            for role, n in part.items():
+                total[role] = total.get(role, 0) + n
+        for role, n in total.items():
+            self.peak_in_flight[role] = max(self.peak_in_flight.get(role, 0), n)
+        note = "in flight: " + ", ".join(f"{r} {n}" for r, n in total.items())
+        self.bar.update(self.masklets, note=note)
+
+
