@@ -23,7 +23,8 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
+
+import psutil
 
 ENV_VAR = "REFSAV_RAY_LIFELINE"
 
@@ -54,30 +55,26 @@ class Lifeline:
             self.proc.kill()
 
 
-def _holds_file_under(proc: Path, folder: str) -> bool:
-    prefix = folder.rstrip("/") + "/"
-    for link in (proc / "cwd", *(proc / "fd").iterdir()):
-        with contextlib.suppress(OSError):
-            if os.readlink(link).startswith(prefix):
-                return True
-    return False
+def _holds_file_under(proc: psutil.Process, prefixes: list[str]) -> bool:
+    paths = [proc.cwd(), *(f.path for f in proc.open_files())]
+    return any(path.startswith(prefix) for path in paths for prefix in prefixes)
 
 
 def marked_processes(token: str, session_dirs: list[str],
                      spare: frozenset[int] = frozenset()) -> list[int]:
     """Live processes whose environment carries ``token`` or that hold a file in one of
     ``session_dirs``; never this process or those in ``spare``."""
-    needle = f"{ENV_VAR}={token}".encode()
     spare = spare | {os.getpid()}
+    prefixes = [d.rstrip("/") + "/" for d in session_dirs]
     pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) in spare:
+    for proc in psutil.process_iter():
+        if proc.pid in spare:
             continue
         try:
-            if needle in (entry / "environ").read_bytes().split(b"\0") or any(
-                    _holds_file_under(entry, d) for d in session_dirs):
-                pids.append(int(entry.name))
-        except OSError:  # gone, a zombie, or not ours to read
+            if proc.environ().get(ENV_VAR) == token or (
+                    prefixes and _holds_file_under(proc, prefixes)):
+                pids.append(proc.pid)
+        except (psutil.Error, OSError):  # gone, a zombie, or not ours to read
             continue
     return pids
 

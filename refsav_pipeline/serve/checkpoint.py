@@ -25,6 +25,8 @@ PRESCALED_ROPE = ("default", "su", "longrope", "llama3", "yarn", "deepseek_yarn"
 
 
 def hf_hub_cache() -> Path:
+    """The cache folder as Hugging Face resolves it, read when called (``huggingface_hub``
+    reads it once, at import)."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"])
     home = os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache",
@@ -33,20 +35,31 @@ def hf_hub_cache() -> Path:
 
 
 def find_config_json(model: str) -> Path | None:
-    """``config.json`` of a local directory, or of the cached snapshot of HF id ``model``."""
+    """``config.json`` of a local directory, or of a cached snapshot of HF id ``model``: the
+    one ``refs/main`` names, else any snapshot that has it (a download by revision)."""
     local = Path(model).expanduser()
     if local.is_dir():
         p = local / "config.json"
         return p if p.is_file() else None
     if model.count("/") != 1:
         return None
-    repo = hf_hub_cache() / ("models--" + model.replace("/", "--"))
-    ref = repo / "refs" / "main"
-    snapshots = [repo / "snapshots" / ref.read_text().strip()] if ref.is_file() else []
-    snapshots += sorted((repo / "snapshots").glob("*")) if (repo / "snapshots").is_dir() else []
-    for snap in snapshots:
-        if (snap / "config.json").is_file():
-            return snap / "config.json"
+    from huggingface_hub import scan_cache_dir, try_to_load_from_cache
+    from huggingface_hub.errors import CacheNotFound
+
+    cache = hf_hub_cache()
+    found = try_to_load_from_cache(model, "config.json", cache_dir=cache)
+    if isinstance(found, str):
+        return Path(found)
+    try:
+        repos = scan_cache_dir(cache).repos
+    except (CacheNotFound, OSError):
+        return None
+    for repo in repos:
+        if repo.repo_id == model and repo.repo_type == "model":
+            for rev in sorted(repo.revisions, key=lambda r: r.commit_hash):
+                for f in rev.files:
+                    if f.file_name == "config.json":
+                        return f.file_path
     return None
 
 
