@@ -6,13 +6,14 @@ change an output row, so a resumed run refuses to mix rows made under different 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from refsav_pipeline.llm.config import ClientConfig, ModelsConfig
 from refsav_pipeline.reference.config import ReferenceServerConfig
@@ -112,13 +113,67 @@ class PipelineConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | Path | None) -> PipelineConfig:
-        return cls() if path is None else cls.model_validate(load_yaml(path))
+        """The config at ``path`` (defaults if None). A mistake raises ``ValueError`` with one
+        short clause per problem (``ConfigError``), a typo'd key with its likely meaning."""
+        if path is None:
+            return cls()
+        try:
+            return cls.model_validate(load_yaml(path))
+        except ValidationError as exc:
+            raise ConfigError(describe_errors(cls, exc)) from None
 
     def fingerprint(self) -> str:
         """Hash of everything that shapes output rows (not where servers live)."""
         data = self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
         blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+class ConfigError(ValueError):
+    """A config file that does not validate, said in words (no pydantic dump, no URL)."""
+
+
+def _model_at(root: type[BaseModel], loc: tuple[int | str, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at ``loc`` (list indices, dict keys and
+    unions are looked through)."""
+    model: type[BaseModel] | None = root
+    for part in loc[:-1]:
+        if model is None:
+            return None
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is not None:  # else a list index or a dict key: the same items' model
+            model = _submodel(field.annotation)
+    return model
+
+
+def _submodel(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _submodel(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def describe_errors(root: type[BaseModel], exc: ValidationError) -> str:
+    """One clause per error: where, what, and for an unknown key the closest known ones."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        where = ".".join(str(x) for x in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            owner = _model_at(root, loc)
+            known = sorted(owner.model_fields) if owner is not None else []
+            close = difflib.get_close_matches(str(loc[-1]), known, n=2, cutoff=0.6)
+            hint = (f"did you mean {' or '.join(f'`{c}`' for c in close)}?" if close
+                    else f"known keys here: {', '.join(known)}" if known else "")
+            parts.append(f"unknown key `{where}`" + (f" ({hint})" if hint else ""))
+        elif err["type"] == "missing":
+            parts.append(f"`{where}` is required")
+        else:
+            parts.append(f"`{where}`: {err['msg']} (got {err.get('input')!r:.60})")
+    return "; ".join(parts)
 
 
 # Sections/fields that may change between a run and its resume without changing rows

@@ -102,7 +102,7 @@ def run(
         if _nothing_to_do(out):
             print_status(run_status(out), out_console)
             return
-    check_models(cfg)
+    check_models(cfg, config_path=config)
     with _stops_cleanly(out):
         prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
                        videos=refs)
@@ -128,7 +128,7 @@ def resume(
     if not _nothing_to_do(out, retry_failed):
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
-        check_models(cfg)
+        check_models(cfg, config_path=config, run_out=out if config is None else None)
         with _stops_cleanly(out):
             execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
                     show_progress=progress, console=console)

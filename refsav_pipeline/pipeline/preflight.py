@@ -36,9 +36,12 @@ def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
     return videos
 
 
-def check_models(cfg: PipelineConfig) -> None:
+def check_models(cfg: PipelineConfig, config_path: Path | None = None,
+                 run_out: Path | None = None) -> None:
     """Probe every endpoint of every model (``GET /v1/models``); an ``InputError`` naming the
-    URLs and the fix if none of a model's endpoints answers with that model."""
+    URLs and the fix if none of a model's endpoints answers with that model. The fix starts
+    from what the user did: the config they passed (``config_path``), or the run's own
+    (``run_out``, a resume without ``--config``), or none (the built-in defaults)."""
     session = ModelSession(cfg.models, cfg.client.model_copy(update={"cache": False}))
     llm_log = logging.getLogger("refsav_pipeline.llm")
     level = llm_log.level
@@ -53,7 +56,19 @@ def check_models(cfg: PipelineConfig) -> None:
             continue
         model = session.model_cfg(role)  # type: ignore[arg-type]
         urls = ", ".join(ep["url"] for ep in endpoints)
-        raise InputError(
-            f"no endpoint of the {role} model {model.name} answers at {urls} (GET /models): "
-            "start `refsav serve reference` and pass --config configs/local-reference.yaml, "
-            "or start the model servers (`refsav serve vllm --config …`) and pass that config")
+        raise InputError(f"no endpoint of the {role} model {model.name} answers at {urls} "
+                         f"(GET /models): {_start_servers_advice(config_path, run_out)}")
+
+
+def _start_servers_advice(config_path: Path | None, run_out: Path | None) -> str:
+    if config_path is not None:
+        return (f"start the servers {config_path} names (`refsav serve reference --config "
+                f"{config_path}` offline, `refsav serve vllm --config {config_path}` on GPUs), "
+                f"or correct the endpoints in {config_path}")
+    if run_out is not None:
+        return (f"start the servers this run's config names (`refsav serve reference` or "
+                f"`refsav serve vllm`), or pass --config with the endpoints that serve these "
+                f"models now (the config must match {run_out}'s fingerprint)")
+    return ("no --config was given, so the built-in endpoints were tried: start "
+            "`refsav serve reference` and pass --config configs/local-reference.yaml, or start "
+            "the model servers (`refsav serve vllm --config …`) and pass that config")

@@ -29,6 +29,10 @@ def ray_session(address: str | None, cfg: PipelineConfig,
         ray.init(address=address, **kwargs)
     else:
         lifeline = Lifeline()  # this instance dies with the driver, even on kill -9
+        # Ray's notice that a new local instance uses token auth (its default) is not for
+        # our users: nothing to act on, on every run
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR)
         # "local": always a new instance, never a stale `ray start` or $RAY_ADDRESS
         ray.init(address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)

@@ -31,6 +31,8 @@ class RunProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        # however the run ended, nothing is in flight any more: the last line says so
+        self.bar.update(self.masklets, note="")
         self.bar.__exit__(None, None, None)
 
     def video_done(self, jobs: int, failed: int) -> None:
