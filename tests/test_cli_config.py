@@ -49,18 +49,13 @@ def test_a_typo_gets_a_did_you_mean_and_no_pydantic_dump(synth_root: Path,
     assert "pydantic" not in line and "http" not in line and "[type=" not in line
 
 
-def test_no_endpoint_advice_starts_from_what_the_user_passed(synth_root: Path,
-                                                             tmp_path: Path) -> None:
-    """Nothing listens on port 9 of loopback: the advice names the config the user gave,
-    and never tells them to pass a config they already passed."""
-    cfg = tmp_path / "mine.yaml"
-    cfg.write_text("models:\n  captioner:\n    model: m\n    endpoints: ['http://127.0.0.1:9/v1']\n"
-                   "  judge:\n    model: j\n    endpoints: ['http://127.0.0.1:9/v1']\n"
-                   "client:\n  health_timeout_s: 1\n")
-    res = CliRunner().invoke(app, ["run", "--sav-root", str(synth_root), "--out",
-                                   str(tmp_path / "run"), "--config", str(cfg), "--no-progress"])
-    assert res.exit_code == 2
-    assert "no endpoint of the" in res.output and "127.0.0.1:9" in res.output
-    assert f"refsav serve reference --config {cfg}" in res.output
-    assert "pass --config configs/local-reference.yaml" not in res.output
-    assert not (tmp_path / "run").exists()
+
+def test_server_advice_for_each_way_the_config_came() -> None:
+    from refsav_pipeline.pipeline.preflight import _start_servers_advice
+
+    mine = _start_servers_advice(Path("mine.yaml"), None)
+    assert "refsav serve reference --config mine.yaml" in mine and "pass --config" not in mine
+    resumed = _start_servers_advice(None, Path("runs/a"))
+    assert "pass --config with the endpoints" in resumed and "runs/a" in resumed
+    default = _start_servers_advice(None, None)
+    assert "no --config was given" in default and "configs/local-reference.yaml" in default

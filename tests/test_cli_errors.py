@@ -46,8 +46,9 @@ def test_run_without_a_model_server_refuses_at_once_with_the_hint(
                          capture_output=True, text=True, timeout=30)
     assert res.returncode == 2, res.stderr
     (line,) = _error_lines(res.stderr)
-    assert url in line and "refsav serve reference" in line
-    assert "--config configs/local-reference.yaml" in line
+    assert url in line and f"refsav serve reference --config {cfg}" in line
+    # the advice starts from the config the user passed, never asks them to pass one
+    assert "pass --config" not in line
     assert "Traceback" not in res.stderr and not out.exists()
 
 

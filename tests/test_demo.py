@@ -7,8 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from refsav_pipeline.records import read_rows, shard_files
 from refsav_pipeline.sav.synth import load_truth
+
+pytestmark = pytest.mark.slow
 
 
 def test_demo_runs_the_whole_job(tmp_path: Path) -> None:

@@ -191,6 +191,7 @@ def _tree(root: Path) -> dict[str, tuple[int, int]]:
             for p in root.rglob("*")}
 
 
+@pytest.mark.slow
 def test_pipeline_runs_through_batches_of_mutations(real_sav_dir: Path, tmp_path: Path) -> None:
     """``refsav run`` (Ray, the reference server over HTTP) on a root where every annotation
     file is mutated, two videos per shard (a batch of mutations each): exit 0, every shard

@@ -34,6 +34,8 @@ from refsav_pipeline.reference.testing import (
     to_jpeg,
 )
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parents[1]
 REAL = ROOT / "configs" / "refsav-internvl2-76b-qwen2-72b.yaml"
 CAPTURE = ROOT / "build" / "contract" / "requests.json"

@@ -12,6 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import ray
 from pipeline_helpers import config_for, killed_cache_writer, write_config
 from ray.cluster_utils import Cluster
@@ -22,6 +23,8 @@ from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import load_truth
+
+pytestmark = pytest.mark.slow
 
 
 def _head_address(head: subprocess.Popen, port: int, timeout: float = 90) -> str:

@@ -36,6 +36,8 @@ from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
 from refsav_pipeline.sav.synth import synth_sav
 
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -36,6 +36,8 @@ from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import synth_sav
 
+pytestmark = pytest.mark.slow
+
 LATENCY = "0.1"
 
 

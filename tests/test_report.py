@@ -71,6 +71,7 @@ def test_tokens_per_stage(run: dict) -> None:
     assert f"{stages['video']['prompt_tokens']:,}" in run["html"].read_text()
 
 
+@pytest.mark.browser
 def test_report_renders_in_chromium(run: dict, tmp_path: Path) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,
@@ -99,6 +100,7 @@ def test_report_renders_in_chromium(run: dict, tmp_path: Path) -> None:
     assert pixels.std() > 20 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 200
 
 
+@pytest.mark.browser
 def test_gallery_items_in_chromium(run: dict) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True,

@@ -31,6 +31,8 @@ from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.frames import decode_mask
 from refsav_pipeline.sav.masklets import load_annotation, masklets_of
 
+pytestmark = pytest.mark.browser
+
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--no-first-run", "--disable-sync"]

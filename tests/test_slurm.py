@@ -24,7 +24,8 @@ from refsav_pipeline.pipeline.shards import ShardState, shard_states
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.synth import load_truth
 
-pytestmark = pytest.mark.timeout(1500)  # whole Slurm jobs, on a shared 2-core machine
+# whole Slurm jobs, on a shared 2-core machine
+pytestmark = [pytest.mark.timeout(1500), pytest.mark.slurm]
 
 SBATCH = Path(__file__).resolve().parents[1] / "deploy" / "slurm" / "refsav.sbatch"
 EX_TEMPFAIL = 75  # the job's exit code after a clean stop: resubmit to go on
