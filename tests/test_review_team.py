@@ -204,7 +204,7 @@ def test_adjudication_queue_export_and_agreement(team) -> None:
                             Form(**{**screen.view.texts, "video_caption": fixed}))
     assert isinstance(answer, Screen) and answer.view is not None
     assert answer.view.key == s1.key  # the next disagreement
-    assert "Alice&#x27;s text." in answer.view.compare
+    assert "Alice&#39;s text." in answer.view.compare
     last = store.decisions(s0.key)[-1]
     assert last.adjudicates and last.reviewer == "judy"
     _, rows, _, disputed = export_report(out)
@@ -262,7 +262,7 @@ def test_revisit_shows_exported_text_and_skips_return_last(team) -> None:
     assert screen.view is not None
     assert screen.view.texts["video_caption"] == "Bob's later fix."  # what will be exported
     assert "your edit differs" in screen.view.labels["video_caption"]
-    assert "Alice&#x27;s fix." in screen.view.mine and "You decided" in screen.view.mine
+    assert "Alice&#39;s fix." in screen.view.mine and "You decided" in screen.view.mine
 
     # a skipped sample comes back to the skipper after every other one
     t = 1000.0
