@@ -28,7 +28,12 @@ from refsav_pipeline.review.actions import (
     Screen,
 )
 from refsav_pipeline.review.limits import MAX_CHARS
-from refsav_pipeline.review.login_guard import LoginGuard, LoginThrottle
+from refsav_pipeline.review.login_guard import (
+    ClientAddress,
+    LoginThrottle,
+    throttled_auth,
+    trusted_proxies,
+)
 from refsav_pipeline.review.paths import media_dir
 from refsav_pipeline.review.store import LEASE_SECONDS
 from refsav_pipeline.review.users import make_auth
@@ -340,19 +345,27 @@ class ReviewApp:
         return demo
 
     def launch(self, host: str = "127.0.0.1", port: int | None = None,
-               prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+               prevent_thread_lock: bool = False, quiet: bool = False,
+               forwarded_allow_ips: str = "") -> gr.Blocks:
+        """Start the server. ``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``
+        names the client (comma-separated addresses or networks, as uvicorn's option; empty:
+        none, every client is the address it connects from)."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         demo = self.build()
         demo.queue(default_concurrency_limit=8)
-        demo.launch(
-            server_name=host, server_port=port, share=False,
-            auth=make_auth(self.users_file) if self.users_file else None,
-            auth_message="Ref-SAV benchmark review: log in with your reviewer account.",
-            allowed_paths=[str(media_dir(self.out_dir).resolve())],
-            prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True,
-            head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
-            app_kwargs={"middleware": [Middleware(LoginGuard, throttle=self.throttle)]},
-        )
+        auth = (throttled_auth(make_auth(self.users_file), self.throttle)
+                if self.users_file else None)
+        with trusted_proxies(forwarded_allow_ips):
+            demo.launch(
+                server_name=host, server_port=port, share=False, auth=auth,
+                auth_message="Ref-SAV benchmark review: log in with your reviewer account.",
+                allowed_paths=[str(media_dir(self.out_dir).resolve())],
+                prevent_thread_lock=True, quiet=quiet, show_error=True,
+                head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
+                app_kwargs={"middleware": [Middleware(ClientAddress)]},
+            )
+        if not prevent_thread_lock:
+            demo.block_thread()
         return demo
 
 
@@ -368,9 +381,9 @@ def _bind_action(decide, action: str):
 
 
 def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
-          users_file: str | Path | None = None) -> None:
+          users_file: str | Path | None = None, forwarded_allow_ips: str = "") -> None:
     """Blocking: the ``refsav review`` command."""
-    ReviewApp(out_dir, users_file).launch(host, port)
+    ReviewApp(out_dir, users_file).launch(host, port, forwarded_allow_ips=forwarded_allow_ips)
 
 
 def wait_until_up(url: str, timeout: float = 30.0) -> None:
