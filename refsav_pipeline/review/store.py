@@ -8,7 +8,9 @@ version (a hash of the captions they judged) so a re-run with new captions makes
 instead of silently applying them to different text. ``samples`` and ``leases`` are the only
 mutable tables: a mirror of ``benchmark.parquet`` for SQL, and the soft locks of the queue.
 An adjudicator's decision (``adjudicates``) settles a double-review sample whose two reviewers
-disagreed; what counts as settled is derived in ``consensus``, never stored.
+disagreed; what counts as settled is derived in ``consensus``, never stored. Once a version is
+adjudicated, only adjudicators may decide it again: a reviewer's decision is refused
+(``Settled``) inside the same transaction, so it can never be stored and then ignored.
 """
 
 from __future__ import annotations
@@ -93,12 +95,21 @@ _KEY_MATCH = ("d.video_id = s.video_id AND d.masklet_type = s.masklet_type "
 # every sample with its real decisions on the current version, in order: one pass, one query
 _STATE_SQL = f"""
 SELECT s.video_id, s.masklet_type, s.masklet_id, s.sample_version, s.position, s.needs,
-       d.action, d.seq, d.reviewer, d.conflict
+       d.action, d.seq, d.reviewer, d.conflict, d.adjudicates
 FROM samples s LEFT JOIN decisions d ON {_KEY_MATCH}
 """
 
 # columns added after the first release: (name, definition) for ALTER TABLE on old files
 _ADDED_COLUMNS = (("note", "TEXT"), ("adjudicates", "INTEGER NOT NULL DEFAULT 0"))
+
+
+class Settled(Exception):
+    """A reviewer's decision on a version an adjudicator has settled: not recorded."""
+
+    def __init__(self, adjudication: Decision) -> None:
+        super().__init__(f"{adjudication.reviewer} adjudicated this sample "
+                         f"(#{adjudication.seq})")
+        self.adjudication = adjudication
 
 
 class NewDecision(BaseModel):
@@ -275,7 +286,8 @@ class DecisionStore:
 
     def record(self, new: NewDecision, now: float | None = None) -> Decision:
         """Append a decision. A view older than the latest decision, or than the sample's
-        current version, is still recorded, with ``conflict`` set and the decision it missed."""
+        current version, is still recorded, with ``conflict`` set and the decision it missed.
+        A reviewer's decision on an adjudicated version raises ``Settled`` (nothing stored)."""
         now = time.time() if now is None else now
         with self._write() as conn:
             return self._append(conn, new, now)
@@ -291,6 +303,15 @@ class DecisionStore:
 
     @staticmethod
     def _append(conn: sqlite3.Connection, new: NewDecision, now: float) -> Decision:
+        if new.action != "skip" and not new.adjudicates:
+            row = conn.execute(
+                f"SELECT {', '.join(_DECISION_COLS)} FROM decisions WHERE video_id = ? "
+                "AND masklet_type = ? AND masklet_id = ? AND sample_version = ? "
+                "AND adjudicates = 1 ORDER BY seq DESC LIMIT 1",
+                (*new.key, new.sample_version)).fetchone()
+            if row is not None:
+                raise Settled(Decision.model_validate(dict(zip(_DECISION_COLS, row,
+                                                               strict=True))))
         latest = conn.execute(
             "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
             "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
@@ -428,7 +449,7 @@ def _states(rows: list[tuple]) -> list[SampleState]:
     last: tuple | None = None
     action = seq = None
     names: set[str] = set()
-    conflict = False
+    conflict = settled = False
 
     def flush() -> None:
         if last is None:
@@ -443,9 +464,11 @@ def _states(rows: list[tuple]) -> list[SampleState]:
     for r in rows:
         if last is None or r[:3] != last[:3]:
             flush()
-            last, action, seq, names, conflict = r, None, None, set(), False
+            last, action, seq, names, conflict, settled = r, None, None, set(), False, False
         if r[7] is not None:
-            action, seq = r[6], r[7]
+            if r[10] or not settled:  # after an adjudication only adjudications count
+                action, seq = r[6], r[7]
+                settled = settled or bool(r[10])
             names.add(r[8])
             conflict = conflict or bool(r[9])
     flush()
