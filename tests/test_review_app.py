@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOT_ENV = "REFSAV_REVIEW_SCREENSHOT"  # set to docs/review-app.png to refresh it
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina")
 
 
 def free_port() -> int:
@@ -85,12 +85,13 @@ def rows(out: Path) -> list[dict]:
         conn.close()
 
 
-def login(page: Page, url: str, name: str) -> None:
+def login(page: Page, url: str, name: str, state: str = "visible") -> None:
+    """Log in; wait for the main image (``attached``: its element, loaded or not)."""
     page.goto(url)
     page.locator("input[type=text]").fill(name)
     page.locator("input[type=password]").fill(f"{name}-pw")
     page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#rv-frame img", timeout=30_000)
+    page.wait_for_selector("#rv-frame img", timeout=30_000, state=state)
 
 
 def shown_key(page: Page) -> tuple[str, str, int]:
@@ -465,3 +466,56 @@ def test_adjudicator_sees_both_decisions_side_by_side(synth_root: Path, browser:
         page.close()
     finally:
         demo.close()
+
+
+@pytest.mark.browser
+def test_nothing_is_decided_before_the_sample_has_loaded(served: tuple[str, Path],
+                                                         browser: Browser) -> None:
+    """Images held back by the network (a route that answers only when released): keys and
+    buttons do nothing but say so; once everything has loaded they decide; the next sample's
+    images were requested while the reviewer looked at this one."""
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    held: list = []
+    requested: list[str] = []
+    hold = [True]
+
+    def media(route) -> None:
+        requested.append(route.request.url)
+        if hold[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    try:
+        page.route("**/review/media/**", media)
+        login(page, url, "gina", state="attached")
+        settle(page)
+        first = shown_key(page)
+        assert page.evaluate("() => window.rvMissing()")  # text is there, images are not
+        before = len(rows(out))
+        press(page, "a")
+        expect(page.locator("#rv-hint")).to_contain_text("still loading")
+        page.locator("#rv-accept").click()
+        page.keyboard.press("Control+Enter")
+        page.wait_for_timeout(700)
+        assert len(rows(out)) == before and shown_key(page) == first
+        hold[0] = False
+        for route in held:
+            route.continue_()
+        page.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        expect(page.locator("#rv-hint")).to_have_text("")
+        nxt_images = page.locator("#rv-shown").get_attribute("data-prefetch") or ""
+        assert nxt_images, "no images of the next sample named for preloading"
+        page.wait_for_timeout(500)
+        seen_before = list(requested)
+        press(page, "a")
+        wait_notice(page, r"Saved: accept")
+        assert [r["action"] for r in rows(out)[before:]] == ["accept"]
+        # the next sample's main image and thumbnails were fetched before the key was pressed
+        main = page.locator("#rv-frame img").get_attribute("src") or ""
+        assert main.split("file=")[-1] in " ".join(seen_before)
+        for src in nxt_images.split(" "):
+            assert any(r.endswith(src.split("file=")[-1]) for r in seen_before), src
+    finally:
+        page.close()

@@ -246,10 +246,31 @@ class ReviewActions:
         base_seq = max((d.seq for d in decisions if d.action != "skip"), default=None)
         view = sample_view(s, len(self.samples), state, decisions, consensus(s, decisions),
                            reviewer, role, media, media_error, self.store.lease_holder(key),
-                           base_seq)
+                           base_seq, self._prefetch(sess, reviewer, s))
         sess.version, sess.base_seq, sess.texts = s.sample_version, base_seq, dict(view.texts)
         sess.adjudicating, sess.view = view.adjudicating, view
         return Screen(view=view, **base)
+
+    def _prefetch(self, sess: Session, reviewer: str, current: BenchmarkSample) -> list[str]:
+        """Images of the sample the page will most likely show next, for the browser to load
+        while the reviewer looks at this one (rendered in the background if not yet)."""
+        if sess.flt == QUEUE:
+            key = self.store.peek_next(reviewer, current.key, after=current.position)
+        elif sess.pos + 1 < len(sess.history):
+            key = sess.history[sess.pos + 1]
+        else:
+            key = self._next_key(sess.flt, reviewer, current.position)
+        if key is None or key == current.key or key not in self.by_key:
+            return []
+        nxt = self.by_key[key]
+        media = self.media.cached(key)
+        if media is None:
+            self.media.render_later(nxt, self.by_video[nxt.video_id])
+            return []
+        start = (media.frames.index(nxt.max_area_frame)
+                 if nxt.max_area_frame in media.frames else 0)
+        return [*media.overlays[start:start + 1], media.max_area,
+                *(path for path, _ in media.sampled)]
 
     def _news(self, sess: Session, reviewer: str) -> list[str]:
         """Decisions of others, since the page last heard, that made one of this reviewer's

@@ -67,7 +67,10 @@ SHORTCUTS = ("**Keys**: `A` accept · `E` or `Ctrl+Enter` edit & accept · `R` r
 
 # Keypress listener (Gradio has no hotkeys): clicks the button with the mapped elem_id. While
 # an action is pending (the notice beside the buttons has not been re-rendered yet) every key
-# is ignored, so a key always applies to the sample on screen when it was pressed.
+# is ignored, so a key always applies to the sample on screen when it was pressed. Accept, edit
+# and reject (keys and buttons) stay inert until the sample's main image, its 9 thumbnails and
+# its clip have loaded, with a visible hint: nobody decides on what they have not seen. The
+# next sample's images (named by the server in data-prefetch) are loaded meanwhile.
 HEAD = """
 <script>
 (() => {
@@ -76,6 +79,7 @@ HEAD = """
                 ",": "rv-frame-prev", ".": "rv-frame-next"};
   const PENDING = new Set(["rv-accept", "rv-edit", "rv-reject", "rv-skip", "rv-next",
                            "rv-prev"]);
+  const SEEN = new Set(["rv-accept", "rv-edit", "rv-reject"]);  // need the media loaded
   const NOT_TEXT = ["radio", "checkbox", "range", "button", "submit"];
   const MAX_WAIT_MS = 20000;
   let pending = null;  // {token, since}: the notice render seen when the action was sent
@@ -86,13 +90,46 @@ HEAD = """
   const busy = () => pending !== null && token() === pending.token
                      && Date.now() - pending.since < MAX_WAIT_MS;
   window.rvBusy = busy;
+  const loaded = (img) => img.complete && img.naturalWidth > 0;
+  // what of the sample on screen has not arrived yet ([] when everything has)
+  const missing = () => {
+    const shown = document.getElementById("rv-shown");
+    if (!shown || !shown.getAttribute("data-shown")) return [];
+    const out = [];
+    const main = document.querySelector("#rv-frame img.rv-main");
+    if (!main || !loaded(main)) out.push("the main image");
+    const thumbs = [...document.querySelectorAll("#rv-strip img")];
+    const n = thumbs.filter(loaded).length;
+    if (thumbs.length === 0 || n < thumbs.length) out.push(`frames (${n} of ${thumbs.length})`);
+    const clip = document.querySelector("#rv-clip video");
+    if (clip && !clip.error && clip.readyState < 3) out.push("the clip");
+    return out;
+  };
+  window.rvMissing = missing;
+  const hint = (text) => {
+    const h = document.getElementById("rv-hint");
+    if (h) h.textContent = text;
+  };
+  const unseen = (id) => {
+    if (!SEEN.has(id)) return false;
+    const m = missing();
+    if (m.length === 0) return false;
+    hint(`Not yet: ${m.join(", ")} still loading. Look at the sample, then decide.`);
+    return true;
+  };
   const click = (id) => {
     const el = document.getElementById(id);
     const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
-    if (!btn) return;
+    if (!btn || unseen(id)) return;
     if (PENDING.has(id)) pending = {token: token(), since: Date.now()};
     btn.click();
   };
+  // mouse clicks on the decision buttons: inert until the sample has loaded
+  document.addEventListener("click", (ev) => {
+    const btn = ev.target && ev.target.closest && ev.target.closest("button");
+    const id = btn && (btn.id || (btn.parentElement && btn.parentElement.id));
+    if (id && unseen(id)) { ev.preventDefault(); ev.stopPropagation(); }
+  }, true);
   document.addEventListener("keydown", (ev) => {
     if ((ev.ctrlKey || ev.metaKey) && ev.key === "Enter") {
       ev.preventDefault(); if (!busy()) click("rv-edit"); return;
@@ -116,6 +153,20 @@ HEAD = """
     }
     click(id);
   });
+  // the hint goes once the sample has loaded; the next sample's images load meanwhile
+  let prefetched = "";
+  const keep = [];
+  setInterval(() => {
+    const h = document.getElementById("rv-hint");
+    if (h && h.textContent.startsWith("Not yet") && missing().length === 0) h.textContent = "";
+    const shown = document.getElementById("rv-shown");
+    const urls = shown ? (shown.getAttribute("data-prefetch") || "") : "";
+    if (urls && urls !== prefetched) {
+      prefetched = urls;
+      keep.length = 0;
+      for (const u of urls.split(" ")) { const i = new Image(); i.src = u; keep.push(i); }
+    }
+  }, 250);
 })();
 </script>
 """
@@ -140,6 +191,7 @@ h1.rv-title {font-size: 1.5rem; margin: 0 0 4px 0;}
 .rv-ok {background: #e6f6e6; color: #12391a;}
 .rv-notice {padding: 6px 10px; border-radius: 6px; min-height: 1.5em; color: #1a1a1a;}
 .rv-notice.rv-warn {background: #fff1d6; border: 1px solid #8a5a00;}
+.rv-hint {margin: 0; min-height: 1.2em; color: #5c3b00; font-weight: 600;}
 .rv-notice.rv-error {background: #fde8e8; border: 1px solid #a40000; color: #5c0000;}
 .rv-progress progress {width: 200px; height: 14px; vertical-align: middle;}
 .rv-progress span {margin-right: 18px;}
@@ -281,6 +333,8 @@ class ReviewApp:
                 prev = gr.Button("← Previous (K)", elem_id="rv-prev", scale=0, min_width=130)
                 nxt = gr.Button("Next (J) →", elem_id="rv-next", scale=0, min_width=110)
                 notice = gr.HTML(elem_id="rv-notice-box", padding=False)
+            gr.HTML('<p id="rv-hint" class="rv-hint" role="status" aria-live="polite"></p>',
+                    padding=False)
             with gr.Row():
                 with gr.Column(scale=3):
                     main = gr.HTML(elem_id="rv-frame", padding=False)

@@ -376,14 +376,33 @@ class DecisionStore:
         with self._write() as conn:
             return self._claim(conn, reviewer, after, ttl, now)
 
+    def peek_next(self, reviewer: str, current: SampleKey, *, after: int = -1,
+                  now: float | None = None) -> SampleKey | None:
+        """What ``claim_next`` would hand out once ``current`` is decided, without leasing
+        anything (to preload its images)."""
+        now = time.time() if now is None else now
+        with self._connect() as conn:
+            return self._pick(conn, reviewer, after, now, current)
+
+    @classmethod
+    def _claim(cls, conn: sqlite3.Connection, reviewer: str, after: int, ttl: float,
+               now: float) -> SampleKey | None:
+        key = cls._pick(conn, reviewer, after, now)
+        if key is not None:
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                         (*key, reviewer, now + ttl))
+        return key
+
     @staticmethod
-    def _claim(conn: sqlite3.Connection, reviewer: str, after: int, ttl: float, now: float
-               ) -> SampleKey | None:
+    def _pick(conn: sqlite3.Connection, reviewer: str, after: int, now: float,
+              skip: SampleKey = ("", "", -1)) -> SampleKey | None:
+        """The sample ``_claim`` leases (never ``skip``)."""
+        not_skip = ("NOT (s.video_id = ? AND s.masklet_type = ? AND s.masklet_id = ?)")
         mine = conn.execute(
             "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
-            "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
+            f"USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? AND {not_skip} "
             "AND l.expires_ts > ? ORDER BY s.position <= ?, s.position LIMIT 1",
-            (reviewer, now, after)).fetchone()
+            (reviewer, *skip, now, after)).fetchone()
         key = tuple(mine) if mine else None
         if key is None:
             row = conn.execute(
@@ -395,17 +414,14 @@ class DecisionStore:
                 AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
                     AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
                     AND l.reviewer != ? AND l.expires_ts > ?)
+                AND {not_skip}
                 ORDER BY EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
                     AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
                     AND d.sample_version = s.sample_version AND d.reviewer = ?),
                   s.position <= ?, s.position LIMIT 1""",
-                (reviewer, reviewer, now, reviewer, after)).fetchone()
+                (reviewer, reviewer, now, *skip, reviewer, after)).fetchone()
             key = tuple(row) if row else None
-        if key is None:
-            return None
-        conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                     (*key, reviewer, now + ttl))
-        return (str(key[0]), str(key[1]), int(key[2]))
+        return None if key is None else (str(key[0]), str(key[1]), int(key[2]))
 
     def lease_holder(self, key: SampleKey, now: float | None = None) -> str | None:
         now = time.time() if now is None else now

@@ -83,6 +83,7 @@ class SampleView(BaseModel):
     strip: str  # HTML: max-area frame and the 8 sampled frames, labels beside
     clip: str  # HTML video element or ""
     history: str  # HTML table
+    prefetch: list[str] = []  # images of the likely next sample, for the browser to preload
 
 
 def progress_html(p: Progress, reviewer: str, role: str) -> str:
@@ -151,7 +152,7 @@ def compare_html(sample: BenchmarkSample, ds: list[Decision]) -> str:
 def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
                 decisions: list[Decision], consensus: Consensus, reviewer: str, role: str,
                 media: SampleMedia | None, media_error: str, lease_holder: str | None,
-                base_seq: int | None) -> SampleView:
+                base_seq: int | None, prefetch: list[str] | None = None) -> SampleView:
     """The view of ``sample`` for ``reviewer``: a revisit shows the text that will be exported
     (the consensus) with the reviewer's own edit marked; an adjudicator on a disputed sample
     gets both decisions side by side."""
@@ -172,7 +173,8 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
     banner = render("banner.html", css="rv-banner rv-warn" if warnings else "rv-banner",
                     token=shown_token(sample.key, sample.sample_version), sample=sample,
                     total=total, status=consensus.status, who=who,
-                    adjudicated_by=consensus.adjudicated_by, warnings=warnings)
+                    adjudicated_by=consensus.adjudicated_by, warnings=warnings,
+                    prefetch=prefetch or [])
 
     texts = dict(consensus.texts) if not adjudicating else texts_of(sample, None)
     labels = dict(FIELD_LABELS)
@@ -210,7 +212,8 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
         slider_label=slider_label,
         alt_prefix=(f"{sample.video_id}, {sample.masklet_type} masklet {sample.masklet_id}: "
                     "the object outlined"),
-        strip=strip_html(sample, media), clip=clip_html(media), history=history_html(history))
+        strip=strip_html(sample, media), clip=clip_html(media), history=history_html(history),
+        prefetch=prefetch or [])
 
 
 def frame_alt(view_alt: str, index: int, count: int, tinted: bool) -> str:
