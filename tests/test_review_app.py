@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from refsav_pipeline.render import decode_jpeg
 from refsav_pipeline.review.app import REJECT_REASONS, ReviewApp, wait_until_up
-from refsav_pipeline.review.media import _display_size
+from refsav_pipeline.review.media import MediaCache, _display_size
 from refsav_pipeline.review.paths import decisions_path
 from refsav_pipeline.review.select import load_benchmark, select_and_write, write_selection
 from refsav_pipeline.review.store import DecisionStore, NewDecision
@@ -37,7 +37,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOT_ENV = "REFSAV_REVIEW_SCREENSHOT"  # set to docs/review-app.png to refresh it
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank")
 
 
 def free_port() -> int:
@@ -112,11 +112,14 @@ def press(page: Page, key: str) -> None:
     page.keyboard.press(key)
 
 
-def settle(page: Page) -> None:
-    """Wait until no action is pending and the page shows a sample or an empty queue."""
+def settle(page: Page, loaded: bool = True) -> None:
+    """Wait until no action is pending and the page shows a sample or an empty queue (and,
+    if ``loaded``, until the sample's images have loaded: decisions wait for them)."""
     page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
     page.wait_for_timeout(400)
     page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
+    if loaded:
+        page.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
 
 
 def choose_filter(page: Page, name: str) -> None:
@@ -487,10 +490,14 @@ def test_nothing_is_decided_before_the_sample_has_loaded(served: tuple[str, Path
         else:
             route.continue_()
 
+    samples = load_benchmark(out)
+    cache = MediaCache(out)
+    for s in samples:  # rendered ahead, as after the first pass over each video
+        cache.get(s, [x for x in samples if x.video_id == s.video_id])
     try:
         page.route("**/review/media/**", media)
         login(page, url, "gina", state="attached")
-        settle(page)
+        settle(page, loaded=False)
         first = shown_key(page)
         assert page.evaluate("() => window.rvMissing()")  # text is there, images are not
         before = len(rows(out))
@@ -519,3 +526,45 @@ def test_nothing_is_decided_before_the_sample_has_loaded(served: tuple[str, Path
             assert any(r.endswith(src.split("file=")[-1]) for r in seen_before), src
     finally:
         page.close()
+
+
+@pytest.mark.browser
+def test_an_ended_session_says_so_and_keeps_the_text(served: tuple[str, Path],
+                                                      browser: Browser) -> None:
+    """Logging out in one tab ends the other tab's session: its next key records nothing, and
+    it says so, with a login link, keeping the typed text; after logging in again (in a new
+    tab, or in this one after a reload) the text is there and the decision is saved."""
+    url, out = served
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        first = context.new_page()
+        login(first, url, "hank")
+        settle(first)
+        tab = context.new_page()
+        tab.goto(url)
+        tab.wait_for_selector("#rv-frame img", timeout=30_000)
+        settle(tab)
+        tab.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        first.goto(url + "logout")  # ends every session of hank, as Gradio does
+        text = "Hank's text, typed before he noticed."
+        tab.locator("#rv-video textarea").fill(text)
+        before = len(rows(out))
+        tab.keyboard.press("Control+Enter")
+        expect(tab.locator("#rv-session")).to_contain_text("NOT saved", timeout=20_000)
+        assert len(rows(out)) == before
+        assert tab.locator("#rv-video textarea").input_value() == text
+        # log in again in the same tab: the text comes back after the reload
+        tab.reload()
+        login_again = tab
+        login_again.locator("input[type=text]").fill("hank")
+        login_again.locator("input[type=password]").fill("hank-pw")
+        login_again.get_by_role("button", name="Login").click()
+        expect(tab.locator("#rv-video textarea")).to_have_value(text, timeout=30_000)
+        expect(tab.locator("#rv-hint")).to_contain_text("unsaved text")
+        tab.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        tab.locator("#rv-video textarea").click()
+        tab.keyboard.press("Control+Enter")
+        wait_notice(tab, r"Saved: edit & accept")
+        assert rows(out)[-1]["edited_video_caption"] == text
+    finally:
+        context.close()

@@ -6,6 +6,7 @@ that is no proxy. The throttle counts what the authenticator checks, from where 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,6 +18,7 @@ from factories import write_fake_run
 from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.review.app import ReviewApp, wait_until_up
 from refsav_pipeline.review.login_guard import LoginThrottle
+from refsav_pipeline.review.paths import decisions_path
 from refsav_pipeline.review.select import select_and_write
 from refsav_pipeline.review.users import add_user
 
@@ -165,3 +167,26 @@ def test_a_success_clears_only_its_own_pair() -> None:
     throttle.success("alice", "10.0.0.1")  # alice's 3 from there gone, 2 elsewhere remain
     assert throttle.retry_after("alice", "10.0.0.8") == 0
     assert throttle.failure("alice", "10.0.0.8") == (3, 0)
+
+
+def test_sessions_survive_a_restart_and_logout_ends_them(run) -> None:
+    out, users = run
+    with app(run) as client:
+        assert login(client, "alice", "alice-pw").status_code == 200
+        cookies = dict(client.cookies)
+        assert client.get("/config").status_code == 200
+    # a new process on the same run folder (new port): the same cookie still logs alice in
+    with app(run) as client:
+        client.cookies.update(cookies)
+        assert client.get("/config").status_code == 200
+        assert client.get("/gradio_api/token").json()["user"] == "alice"
+        client.get("/logout")  # revoked for good, also across restarts
+        client.cookies.update(cookies)
+        assert client.get("/config").status_code == 401
+    with app(run) as client:
+        client.cookies.update(cookies)
+        assert client.get("/config").status_code == 401
+    conn = sqlite3.connect(decisions_path(out))
+    stored = conn.execute("SELECT token_hash FROM sessions").fetchall()
+    conn.close()
+    assert stored and all(v not in {h for (h,) in stored} for v in cookies.values())

@@ -34,7 +34,8 @@ from refsav_pipeline.review.login_guard import (
     throttled_auth,
     trusted_proxies,
 )
-from refsav_pipeline.review.paths import media_dir
+from refsav_pipeline.review.paths import decisions_path, media_dir
+from refsav_pipeline.review.sessions import SessionTable
 from refsav_pipeline.review.store import LEASE_SECONDS
 from refsav_pipeline.review.users import make_auth
 from refsav_pipeline.review.view import (
@@ -153,12 +154,63 @@ HEAD = """
     }
     click(id);
   });
+  // A session that ended (logged out elsewhere, expired): the server answers 401. Say so with
+  // a login link (a new tab, so this page and its typed text stay), keep the text in
+  // localStorage too (restored after a login in this tab), and never leave a key pending.
+  const DRAFT = "refsav-review-draft";
+  const FIELDS = ["rv-object", "rv-scene", "rv-video", "rv-short", "rv-note"];
+  const box = (id) => document.querySelector(`#${id} textarea, #${id} input`);
+  const ended = () => {
+    pending = null;
+    const shown = document.getElementById("rv-shown");
+    const draft = {shown: shown ? shown.getAttribute("data-shown") : "", texts: {}};
+    for (const id of FIELDS) { const b = box(id); if (b) draft.texts[id] = b.value; }
+    try { localStorage.setItem(DRAFT, JSON.stringify(draft)); } catch (e) { /* full */ }
+    let n = document.getElementById("rv-session");
+    if (!n) {
+      n = document.createElement("div");
+      n.id = "rv-session"; n.className = "rv-session"; n.setAttribute("role", "alert");
+      document.body.prepend(n);
+    }
+    n.innerHTML = "";
+    n.append("Your session has ended (logged out, expired or not recognised): your last " +
+             "action was NOT saved. Your text is kept on this page. ");
+    const a = document.createElement("a");
+    a.href = "./"; a.target = "_blank"; a.rel = "opener"; a.textContent = "Log in again";
+    n.append(a, " (new tab), then come back here and decide again.");
+  };
+  const realFetch = window.fetch.bind(window);
+  window.fetch = async (...args) => {
+    const r = await realFetch(...args);
+    const u = String(args[0] && args[0].url ? args[0].url : args[0]);
+    if (r.status === 401 && u.includes("/gradio_api/") && !u.includes("login")) ended();
+    if (r.ok && u.includes("/queue/join")) {  // logged in again: this page kept its text
+      const n = document.getElementById("rv-session");
+      if (n) { n.remove(); localStorage.removeItem(DRAFT); }
+    }
+    return r;
+  };
+  const restore = () => {
+    let draft = null;
+    try { draft = JSON.parse(localStorage.getItem(DRAFT) || "null"); } catch (e) { return; }
+    const shown = document.getElementById("rv-shown");
+    if (!draft || !shown || shown.getAttribute("data-shown") !== draft.shown) return;
+    localStorage.removeItem(DRAFT);
+    for (const [id, value] of Object.entries(draft.texts)) {
+      const b = box(id);
+      if (b && b.value !== value) {
+        b.value = value; b.dispatchEvent(new Event("input", {bubbles: true}));
+      }
+    }
+    hint("Your unsaved text from before the session ended is back: check it and decide.");
+  };
   // the hint goes once the sample has loaded; the next sample's images load meanwhile
   let prefetched = "";
   const keep = [];
   setInterval(() => {
     const h = document.getElementById("rv-hint");
     if (h && h.textContent.startsWith("Not yet") && missing().length === 0) h.textContent = "";
+    if (!document.getElementById("rv-session")) restore();
     const shown = document.getElementById("rv-shown");
     const urls = shown ? (shown.getAttribute("data-prefetch") || "") : "";
     if (urls && urls !== prefetched) {
@@ -191,6 +243,9 @@ h1.rv-title {font-size: 1.5rem; margin: 0 0 4px 0;}
 .rv-ok {background: #e6f6e6; color: #12391a;}
 .rv-notice {padding: 6px 10px; border-radius: 6px; min-height: 1.5em; color: #1a1a1a;}
 .rv-notice.rv-warn {background: #fff1d6; border: 1px solid #8a5a00;}
+.rv-session {position: sticky; top: 0; z-index: 1000; padding: 8px 12px;
+              background: #fde8e8; border: 2px solid #a40000; color: #5c0000;}
+.rv-session a {color: #1e1b4b; font-weight: bold;}
 .rv-hint {margin: 0; min-height: 1.2em; color: #5c3b00; font-weight: 600;}
 .rv-notice.rv-error {background: #fde8e8; border: 1px solid #a40000; color: #5c0000;}
 .rv-progress progress {width: 200px; height: 14px; vertical-align: middle;}
@@ -418,6 +473,10 @@ class ReviewApp:
                 head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
                 app_kwargs={"middleware": [Middleware(ClientAddress)]},
             )
+        if self.users_file:  # logins outlive a restart (one in the first instant would not)
+            sessions = SessionTable(decisions_path(self.out_dir))
+            demo.server_app.cookie_id = sessions.cookie_id()
+            demo.server_app.tokens = sessions
         if not prevent_thread_lock:
             demo.block_thread()
         return demo
