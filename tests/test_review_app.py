@@ -22,7 +22,7 @@ from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from refsav_pipeline.render import decode_jpeg
 from refsav_pipeline.review.app import REJECT_REASONS, ReviewApp, wait_until_up
-from refsav_pipeline.review.media import _display_size
+from refsav_pipeline.review.media import MediaCache, _display_size
 from refsav_pipeline.review.paths import decisions_path
 from refsav_pipeline.review.select import load_benchmark, select_and_write, write_selection
 from refsav_pipeline.review.store import DecisionStore, NewDecision
@@ -39,7 +39,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 SCREENSHOT_ENV = "REFSAV_REVIEW_SCREENSHOT"  # set to docs/review-app.png to refresh it
 ROOT = Path(__file__).resolve().parents[1]
 AXE = ROOT / ".cache" / "axe" / "node_modules" / "axe-core" / "axe.min.js"
-USERS = ("alice", "bob", "carol", "dave", "erin", "frank")
+USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "gina", "hank")
 
 
 def free_port() -> int:
@@ -87,12 +87,13 @@ def rows(out: Path) -> list[dict]:
         conn.close()
 
 
-def login(page: Page, url: str, name: str) -> None:
+def login(page: Page, url: str, name: str, state: str = "visible") -> None:
+    """Log in; wait for the main image (``attached``: its element, loaded or not)."""
     page.goto(url)
     page.locator("input[type=text]").fill(name)
     page.locator("input[type=password]").fill(f"{name}-pw")
     page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#rv-frame img", timeout=30_000)
+    page.wait_for_selector("#rv-frame img", timeout=30_000, state=state)
 
 
 def shown_key(page: Page) -> tuple[str, str, int]:
@@ -113,11 +114,14 @@ def press(page: Page, key: str) -> None:
     page.keyboard.press(key)
 
 
-def settle(page: Page) -> None:
-    """Wait until no action is pending and the page shows a sample or an empty queue."""
+def settle(page: Page, loaded: bool = True) -> None:
+    """Wait until no action is pending and the page shows a sample or an empty queue (and,
+    if ``loaded``, until the sample's images have loaded: decisions wait for them)."""
     page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
     page.wait_for_timeout(400)
     page.wait_for_function("() => !window.rvBusy()", timeout=30_000)
+    if loaded:
+        page.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
 
 
 def choose_filter(page: Page, name: str) -> None:
@@ -467,3 +471,100 @@ def test_adjudicator_sees_both_decisions_side_by_side(synth_root: Path, browser:
         page.close()
     finally:
         demo.close()
+
+
+def test_nothing_is_decided_before_the_sample_has_loaded(served: tuple[str, Path],
+                                                         browser: Browser) -> None:
+    """Images held back by the network (a route that answers only when released): keys and
+    buttons do nothing but say so; once everything has loaded they decide; the next sample's
+    images were requested while the reviewer looked at this one."""
+    url, out = served
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    held: list = []
+    requested: list[str] = []
+    hold = [True]
+
+    def media(route) -> None:
+        requested.append(route.request.url)
+        if hold[0]:
+            held.append(route)
+        else:
+            route.continue_()
+
+    samples = load_benchmark(out)
+    cache = MediaCache(out)
+    for s in samples:  # rendered ahead, as after the first pass over each video
+        cache.get(s, [x for x in samples if x.video_id == s.video_id])
+    try:
+        page.route("**/review/media/**", media)
+        login(page, url, "gina", state="attached")
+        settle(page, loaded=False)
+        first = shown_key(page)
+        assert page.evaluate("() => window.rvMissing()")  # text is there, images are not
+        before = len(rows(out))
+        press(page, "a")
+        expect(page.locator("#rv-hint")).to_contain_text("still loading")
+        page.locator("#rv-accept").click()
+        page.keyboard.press("Control+Enter")
+        page.wait_for_timeout(700)
+        assert len(rows(out)) == before and shown_key(page) == first
+        hold[0] = False
+        for route in held:
+            route.continue_()
+        page.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        expect(page.locator("#rv-hint")).to_have_text("")
+        nxt_images = page.locator("#rv-shown").get_attribute("data-prefetch") or ""
+        assert nxt_images, "no images of the next sample named for preloading"
+        page.wait_for_timeout(500)
+        seen_before = list(requested)
+        press(page, "a")
+        wait_notice(page, r"Saved: accept")
+        assert [r["action"] for r in rows(out)[before:]] == ["accept"]
+        # the next sample's main image and thumbnails were fetched before the key was pressed
+        main = page.locator("#rv-frame img").get_attribute("src") or ""
+        assert main.split("file=")[-1] in " ".join(seen_before)
+        for src in nxt_images.split(" "):
+            assert any(r.endswith(src.split("file=")[-1]) for r in seen_before), src
+    finally:
+        page.close()
+
+
+def test_an_ended_session_says_so_and_keeps_the_text(served: tuple[str, Path],
+                                                      browser: Browser) -> None:
+    """Logging out in one tab ends the other tab's session: its next key records nothing, and
+    it says so, with a login link, keeping the typed text; after logging in again (in a new
+    tab, or in this one after a reload) the text is there and the decision is saved."""
+    url, out = served
+    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    try:
+        first = context.new_page()
+        login(first, url, "hank")
+        settle(first)
+        tab = context.new_page()
+        tab.goto(url)
+        tab.wait_for_selector("#rv-frame img", timeout=30_000)
+        settle(tab)
+        tab.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        first.goto(url + "logout")  # ends every session of hank, as Gradio does
+        text = "Hank's text, typed before he noticed."
+        tab.locator("#rv-video textarea").fill(text)
+        before = len(rows(out))
+        tab.keyboard.press("Control+Enter")
+        expect(tab.locator("#rv-session")).to_contain_text("NOT saved", timeout=20_000)
+        assert len(rows(out)) == before
+        assert tab.locator("#rv-video textarea").input_value() == text
+        # log in again in the same tab: the text comes back after the reload
+        tab.reload()
+        login_again = tab
+        login_again.locator("input[type=text]").fill("hank")
+        login_again.locator("input[type=password]").fill("hank-pw")
+        login_again.get_by_role("button", name="Login").click()
+        expect(tab.locator("#rv-video textarea")).to_have_value(text, timeout=30_000)
+        expect(tab.locator("#rv-hint")).to_contain_text("unsaved text")
+        tab.wait_for_function("() => window.rvMissing().length === 0", timeout=30_000)
+        tab.locator("#rv-video textarea").click()
+        tab.keyboard.press("Control+Enter")
+        wait_notice(tab, r"Saved: edit & accept")
+        assert rows(out)[-1]["edited_video_caption"] == text
+    finally:
+        context.close()

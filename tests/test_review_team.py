@@ -5,6 +5,7 @@ that show the exported text, skipped samples coming back last; no browser needed
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.review import users as users_mod
 from refsav_pipeline.review.actions import ADJUDICATION, Form, Refusal, ReviewActions, Screen
 from refsav_pipeline.review.app import ReviewApp, wait_until_up
+from refsav_pipeline.review.consensus import consensus
 from refsav_pipeline.review.export import export_report, load_validated
 from refsav_pipeline.review.login_guard import LoginThrottle
 from refsav_pipeline.review.select import (
@@ -27,7 +29,7 @@ from refsav_pipeline.review.select import (
     write_selection,
 )
 from refsav_pipeline.review.stats import agreement, krippendorff_alpha, review_stats
-from refsav_pipeline.review.store import Decision, DecisionStore, NewDecision
+from refsav_pipeline.review.store import Decision, DecisionStore, NewDecision, Settled
 from refsav_pipeline.review.users import add_user, make_auth, read_accounts, role_of
 from refsav_pipeline.review.view import shown_token
 
@@ -204,7 +206,7 @@ def test_adjudication_queue_export_and_agreement(team) -> None:
                             Form(**{**screen.view.texts, "video_caption": fixed}))
     assert isinstance(answer, Screen) and answer.view is not None
     assert answer.view.key == s1.key  # the next disagreement
-    assert "Alice&#x27;s text." in answer.view.compare
+    assert "Alice&#39;s text." in answer.view.compare
     last = store.decisions(s0.key)[-1]
     assert last.adjudicates and last.reviewer == "judy"
     _, rows, _, disputed = export_report(out)
@@ -262,7 +264,7 @@ def test_revisit_shows_exported_text_and_skips_return_last(team) -> None:
     assert screen.view is not None
     assert screen.view.texts["video_caption"] == "Bob's later fix."  # what will be exported
     assert "your edit differs" in screen.view.labels["video_caption"]
-    assert "Alice&#x27;s fix." in screen.view.mine and "You decided" in screen.view.mine
+    assert "Alice&#39;s fix." in screen.view.mine and "You decided" in screen.view.mine
 
     # a skipped sample comes back to the skipper after every other one
     t = 1000.0
@@ -297,3 +299,93 @@ def test_state_snapshot_follows_decisions_from_elsewhere(team) -> None:
     assert [st.key for st in actions.states()] == [s.key for s in samples]  # review order
     fresh = {st.key: st.status for st in DecisionStore.for_run(out).states()}
     assert {k: st.status for k, st in after.items()} == fresh
+
+
+def _open_at(actions: ReviewActions, sid: str, who: str, key) -> Screen:
+    """A page of ``who`` showing sample ``key`` (through the 'all' filter)."""
+    screen = actions.open(sid, who, "all")
+    while screen.view is not None and screen.view.key != key:
+        screen = actions.move(sid, who, +1)
+    assert screen.view is not None and screen.view.key == key
+    return screen
+
+
+def test_after_adjudication_a_reviewer_is_refused_and_all_agree(team) -> None:
+    out, users, samples = team
+    s0 = samples[0]  # double review
+    store = DecisionStore.for_run(out)
+    store.record(decision(s0, "alice", "accept"))
+    store.record(decision(s0, "bob", "reject", reason="other"))
+    actions = ReviewActions(out, users)
+    alice, bob = _open_at(actions, "a", "alice", s0.key), _open_at(actions, "b", "bob", s0.key)
+    judy = actions.open("j", "judy", ADJUDICATION)
+    assert judy.view is not None and judy.view.key == s0.key
+    settled = actions.decide("j", "judy", "accept", shown(judy), Form(**judy.view.texts))
+    assert isinstance(settled, Screen) and "(adjudication)" in settled.notice[1]
+    n = len(store.decisions())
+    edit = Form(**{**alice.view.texts, "video_caption": "Alice's later fix."})
+    for sid, who, screen, action, form in (
+            ("a", "alice", alice, "edit_accept", edit),
+            ("b", "bob", bob, "reject", Form(**bob.view.texts, reason="other"))):
+        answer = actions.decide(sid, who, action, shown(screen), form)
+        assert isinstance(answer, Refusal), answer
+        assert "judy adjudicated this sample" in answer.message
+        assert "adjudication stands" in answer.message
+    assert len(store.decisions()) == n  # nothing stored that the export would ignore
+    with pytest.raises(Settled):
+        store.record(decision(s0, "alice", "edit_accept", edited_video_caption="x"))
+    _, rows, _, _ = export_report(out)
+    row = next(r for r in rows if r.key == s0.key)
+    assert row.long_accepted and row.video_caption == s0.video_caption
+    assert next(st for st in store.states() if st.key == s0.key).status == "accepted"
+    # an adjudicator may decide again: that is a new adjudication, and it counts
+    again = _open_at(actions, "j2", "judy", s0.key)
+    answer = actions.decide("j2", "judy", "reject", shown(again),
+                            Form(**again.view.texts, reason="other"))
+    assert isinstance(answer, Screen) and "(adjudication)" in answer.notice[1]
+    assert store.decisions(s0.key)[-1].adjudicates
+    _, rows, _, _ = export_report(out)
+    assert s0.key not in {r.key for r in rows if r.long_accepted}
+    assert review_stats(out).progress.rejected == 1
+
+
+def test_a_log_with_decisions_after_an_adjudication_reads_as_the_export(team) -> None:
+    out, users, samples = team
+    s0 = samples[0]
+    store = DecisionStore.for_run(out)
+    store.record(decision(s0, "alice", "accept"))
+    store.record(decision(s0, "bob", "reject", reason="other"))
+    store.record(decision(s0, "judy", "accept", adjudicates=True))
+    conn = sqlite3.connect(store.path)  # written before reviewers were refused
+    conn.execute("INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
+                 "reviewer, decided_at, decided_ts, action, reason) VALUES "
+                 "(?, ?, ?, ?, 'bob', '', 0, 'reject', 'other')", (*s0.key, s0.sample_version))
+    conn.commit()
+    conn.close()
+    state = next(st for st in store.states() if st.key == s0.key)
+    _, rows, _, _ = export_report(out)
+    assert state.status == "accepted" and s0.key in {r.key for r in rows if r.long_accepted}
+
+
+def test_racing_reviewers_the_one_that_does_not_count_is_told(team) -> None:
+    out, users, samples = team
+    single, double = samples[5], samples[1]
+    actions = ReviewActions(out, users)
+    for key in (single.key, double.key):
+        alice = _open_at(actions, "a", "alice", key)
+        bob = _open_at(actions, "b", "bob", key)
+        first = actions.decide("a", "alice", "accept", shown(alice), Form(**alice.view.texts))
+        assert isinstance(first, Screen) and first.notice[0] == "ok"
+        second = actions.decide("b", "bob", "reject", shown(bob),
+                                Form(**bob.view.texts, reason="other"))
+        assert isinstance(second, Screen)
+        later = actions.move("a", "alice", +1)  # alice's page hears of it on its next answer
+        if key == single.key:  # the latest counts: bob is told so, and alice that hers does not
+            assert "Yours is the latest and counts" in second.notice[1]
+            assert "bob's later reject" in later.notice[1] and "theirs counts" in later.notice[1]
+            assert consensus(single, DecisionStore.for_run(out).decisions(key)).status == (
+                "rejected")
+        else:  # double review: a disagreement, for an adjudicator; both are told
+            assert "waits for an adjudicator" in second.notice[1]
+            assert "differently from your accept" in later.notice[1]
+        assert actions.move("a", "alice", +1).notice is None  # told once

@@ -407,7 +407,9 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
 
     cards = "".join([
         _card(f"{n}", f"rows ({df['video_id'].nunique()} of {plan.num_videos} videos)"),
-        _card(pct("ok"), f"ok ({counts.get('ok', 0)})", "ok"),
+        # green only when most rows are ok: "0.0% ok" is a failure, drawn as one
+        _card(pct("ok"), f"ok ({counts.get('ok', 0)})",
+              "ok" if n and counts.get("ok", 0) / n > 0.5 else "bad"),
         _card(pct("rejected_inconsistent"),
               f"rejected by judge ({counts.get('rejected_inconsistent', 0)})", "warn"),
         _card(pct("failed"), f"failed ({counts.get('failed', 0)})", "bad"),

@@ -18,12 +18,24 @@ from pydantic import BaseModel, Field
 
 from refsav_pipeline.errors import RecordError
 from refsav_pipeline.records import SampleKey
-from refsav_pipeline.review.consensus import CAPTION_FIELDS, consensus
+from refsav_pipeline.review.consensus import (
+    CAPTION_FIELDS,
+    consensus,
+    counts,
+    current_decisions,
+)
 from refsav_pipeline.review.limits import first_too_long
 from refsav_pipeline.review.media import MediaCache, SampleMedia
 from refsav_pipeline.review.paths import media_dir
 from refsav_pipeline.review.select import BenchmarkSample, load_benchmark
-from refsav_pipeline.review.store import LEASE_SECONDS, DecisionStore, NewDecision, SampleState
+from refsav_pipeline.review.store import (
+    LEASE_SECONDS,
+    Decision,
+    DecisionStore,
+    NewDecision,
+    SampleState,
+    Settled,
+)
 from refsav_pipeline.review.users import role_of
 from refsav_pipeline.review.view import (
     SampleView,
@@ -74,6 +86,7 @@ class Session(BaseModel):
     view: SampleView | None = None
     tint: bool = False
     render: int = 0
+    seen_seq: int | None = None  # log position up to which others' decisions were reported
 
 
 class Screen(BaseModel):
@@ -206,6 +219,11 @@ class ReviewActions:
         """Render ``sess.key`` for ``reviewer``; the states are read once, here."""
         role = self.role(reviewer)
         states = self.states()
+        news = self._news(sess, reviewer)
+        if news:
+            kind = "warn" if notice is None or notice[0] == "ok" else notice[0]
+            text = " ".join([notice[1]] if notice else []) + " ⚠ Meanwhile: " + " ".join(news)
+            notice = (kind, text.strip())
         sess.render += 1
         base = dict(progress=progress_html(self.store.progress(reviewer, states), reviewer,
                                            role),
@@ -228,10 +246,87 @@ class ReviewActions:
         base_seq = max((d.seq for d in decisions if d.action != "skip"), default=None)
         view = sample_view(s, len(self.samples), state, decisions, consensus(s, decisions),
                            reviewer, role, media, media_error, self.store.lease_holder(key),
-                           base_seq)
+                           base_seq, self._prefetch(sess, reviewer, s))
         sess.version, sess.base_seq, sess.texts = s.sample_version, base_seq, dict(view.texts)
         sess.adjudicating, sess.view = view.adjudicating, view
         return Screen(view=view, **base)
+
+    def _prefetch(self, sess: Session, reviewer: str, current: BenchmarkSample) -> list[str]:
+        """Images of the sample the page will most likely show next, for the browser to load
+        while the reviewer looks at this one (rendered in the background if not yet)."""
+        if sess.flt == QUEUE:
+            key = self.store.peek_next(reviewer, current.key, after=current.position)
+        elif sess.pos + 1 < len(sess.history):
+            key = sess.history[sess.pos + 1]
+        else:
+            key = self._next_key(sess.flt, reviewer, current.position)
+        if key is None or key == current.key or key not in self.by_key:
+            return []
+        nxt = self.by_key[key]
+        media = self.media.cached(key)
+        if media is None:
+            self.media.render_later(nxt, self.by_video[nxt.video_id])
+            return []
+        start = (media.frames.index(nxt.max_area_frame)
+                 if nxt.max_area_frame in media.frames else 0)
+        return [*media.overlays[start:start + 1], media.max_area,
+                *(path for path, _ in media.sampled)]
+
+    def _news(self, sess: Session, reviewer: str) -> list[str]:
+        """Decisions of others, since the page last heard, that made one of this reviewer's
+        decisions not count (or disputed): said once, so nobody's work is overridden
+        silently."""
+        changed, latest = self.store.changed_since(sess.seen_seq or 0)
+        if sess.seen_seq is None:  # a new page: from now on
+            sess.seen_seq = latest
+            return []
+        since, sess.seen_seq = sess.seen_seq, latest
+        out = []
+        for key in changed:
+            sample = self.by_key.get(key)
+            if sample is None:
+                continue
+            ds = self.store.decisions(key)
+            cur = current_decisions(sample, ds)
+            mine = [d for d in cur if d.reviewer == reviewer]
+            later = [d for d in cur if mine and d.seq > max(mine[-1].seq, since)
+                     and d.reviewer != reviewer]
+            if not later:
+                continue
+            verdict, other, own = counts(sample, ds, mine[-1]), later[-1], mine[-1]
+            where = f"{key[0]} {key[1]} {key[2]}"
+            if verdict is False:
+                out.append(f"{other.reviewer}'s later {_label(other)} (#{other.seq}) on "
+                           f"{where} replaced your {_label(own)} (#{own.seq}); theirs counts.")
+            elif verdict is None:
+                out.append(f"{other.reviewer} decided {where} differently from your "
+                           f"{_label(own)} (#{own.seq}); an adjudicator decides.")
+        return out
+
+    def _outcome(self, sample: BenchmarkSample, decision: Decision, label: str
+                 ) -> tuple[NoticeKind, str]:
+        """The notice for a recorded decision, from what the log now exports, so it always
+        says what the export and ``stats`` will say."""
+        if decision.action == "skip":
+            return "ok", f"Saved: {label}."
+        ds = self.store.decisions(sample.key)
+        verdict = counts(sample, ds, decision)
+        other = next((d for d in ds if d.seq == decision.conflicts_with), None)
+        if verdict is None:
+            return "warn", (f"⚠ Saved: {label}, but the other reviewer decided differently: "
+                            "this double-review sample now waits for an adjudicator.")
+        if not verdict:
+            return "warn", (f"⚠ Saved: {label}, but it does not decide the export; see the "
+                            "history of this sample.")
+        if decision.conflict and other is not None:
+            return "warn", (f"⚠ Conflict: your {label} was recorded after {other.reviewer}'s "
+                            f"'{other.action}' (#{other.seq}), made after you opened it. "
+                            "Yours is the latest and counts; theirs stays in the history "
+                            "(see the 'conflicts' filter).")
+        if decision.conflict:
+            return "warn", (f"⚠ Conflict: your {label} was recorded, but the sample changed "
+                            "after you opened it (new captions).")
+        return "ok", f"Saved: {label}."
 
     def open(self, session_id: str, reviewer: str, flt: str | None = None) -> Screen:
         with self.lock(session_id):
@@ -321,35 +416,33 @@ class ReviewActions:
                 edited_scene_caption=stored.get("scene_caption") if keep_edits else None,
                 edited_video_caption=stored.get("video_caption") if keep_edits else None,
                 short_expression=short, note=note, base_seq=sess.base_seq,
-                adjudicates=sess.adjudicating and action != "skip"
-                and self.role(reviewer) == "adjudicator")
-            if sess.flt == QUEUE:  # the decision and the next lease: one commit
-                decision, claimed = self.store.record_and_claim(
-                    new, after=sample.position, ttl=self.lease_seconds)
-            else:
-                decision, claimed = self.store.record(new), None
-            key = sess.key
-            label = (f"{decision.action.replace('_', ' & ')} #{decision.seq} on {key[0]} "
-                     f"{key[1]} {key[2]}" + (" (adjudication)" if decision.adjudicates else ""))
-            notice: tuple[NoticeKind, str]
-            if decision.conflict:
-                other = next((d for d in self.store.decisions(key)
-                              if d.seq == decision.conflicts_with), None)
-                if other is not None:
-                    notice = ("warn", f"⚠ Conflict: your {label} was recorded, but "
-                              f"{other.reviewer} had decided '{other.action}' (#{other.seq}) "
-                              "after you opened it. Both are kept; the latest counts. Check "
-                              "the 'conflicts' filter.")
+                adjudicates=action != "skip" and self.role(reviewer) == "adjudicator"
+                and (sess.adjudicating or self._settled(sample)))
+            try:
+                if sess.flt == QUEUE:  # the decision and the next lease: one commit
+                    decision, claimed = self.store.record_and_claim(
+                        new, after=sample.position, ttl=self.lease_seconds)
                 else:
-                    notice = ("warn", f"⚠ Conflict: your {label} was recorded, but the sample "
-                              "changed after you opened it (new captions).")
-            else:
-                notice = ("ok", f"Saved: {label}.")
+                    decision, claimed = self.store.record(new), None
+            except Settled as exc:
+                a = exc.adjudication
+                return refuse("warn", f"Not recorded: {a.reviewer} adjudicated this sample "
+                              f"({_label(a)}, #{a.seq}) and the adjudication stands. Your "
+                              "text is still in the boxes; to change it, ask an adjudicator.")
+            key = sess.key
+            label = (f"{_label(decision)} #{decision.seq} on {key[0]} {key[1]} {key[2]}"
+                     + (" (adjudication)" if decision.adjudicates else ""))
+            notice = self._outcome(sample, decision, label)
             if sess.flt == QUEUE:
                 self._go(sess, claimed)
             else:
                 self._step(sess, reviewer, +1, fresh=sess.flt == ADJUDICATION)
             return self.screen(sess, reviewer, notice)
+
+    def _settled(self, sample: BenchmarkSample) -> bool:
+        """An adjudicator has decided the current version (then only adjudicators decide)."""
+        return any(d.adjudicates for d in current_decisions(sample,
+                                                            self.store.decisions(sample.key)))
 
     def frame(self, session_id: str, index: float, tint: bool) -> tuple[int, str | None, str]:
         """(index, image path, alt text) of annotated frame ``index`` of the open sample."""
@@ -361,3 +454,7 @@ class ReviewActions:
         frames = view.tinted if sess.tint else view.frames
         i = min(max(int(index or 0), 0), len(frames) - 1)
         return i, frames[i], view.alt_prefix
+
+
+def _label(d: Decision) -> str:
+    return d.action.replace("_", " & ")

@@ -28,8 +28,14 @@ from refsav_pipeline.review.actions import (
     Screen,
 )
 from refsav_pipeline.review.limits import MAX_CHARS
-from refsav_pipeline.review.login_guard import LoginGuard, LoginThrottle
-from refsav_pipeline.review.paths import media_dir
+from refsav_pipeline.review.login_guard import (
+    ClientAddress,
+    LoginThrottle,
+    throttled_auth,
+    trusted_proxies,
+)
+from refsav_pipeline.review.paths import decisions_path, media_dir
+from refsav_pipeline.review.sessions import SessionTable
 from refsav_pipeline.review.store import LEASE_SECONDS
 from refsav_pipeline.review.users import make_auth
 from refsav_pipeline.review.view import (
@@ -62,7 +68,10 @@ SHORTCUTS = ("**Keys**: `A` accept · `E` or `Ctrl+Enter` edit & accept · `R` r
 
 # Keypress listener (Gradio has no hotkeys): clicks the button with the mapped elem_id. While
 # an action is pending (the notice beside the buttons has not been re-rendered yet) every key
-# is ignored, so a key always applies to the sample on screen when it was pressed.
+# is ignored, so a key always applies to the sample on screen when it was pressed. Accept, edit
+# and reject (keys and buttons) stay inert until the sample's main image, its 9 thumbnails and
+# its clip have loaded, with a visible hint: nobody decides on what they have not seen. The
+# next sample's images (named by the server in data-prefetch) are loaded meanwhile.
 HEAD = """
 <script>
 (() => {
@@ -71,6 +80,7 @@ HEAD = """
                 ",": "rv-frame-prev", ".": "rv-frame-next"};
   const PENDING = new Set(["rv-accept", "rv-edit", "rv-reject", "rv-skip", "rv-next",
                            "rv-prev"]);
+  const SEEN = new Set(["rv-accept", "rv-edit", "rv-reject"]);  // need the media loaded
   const NOT_TEXT = ["radio", "checkbox", "range", "button", "submit"];
   const MAX_WAIT_MS = 20000;
   let pending = null;  // {token, since}: the notice render seen when the action was sent
@@ -81,13 +91,46 @@ HEAD = """
   const busy = () => pending !== null && token() === pending.token
                      && Date.now() - pending.since < MAX_WAIT_MS;
   window.rvBusy = busy;
+  const loaded = (img) => img.complete && img.naturalWidth > 0;
+  // what of the sample on screen has not arrived yet ([] when everything has)
+  const missing = () => {
+    const shown = document.getElementById("rv-shown");
+    if (!shown || !shown.getAttribute("data-shown")) return [];
+    const out = [];
+    const main = document.querySelector("#rv-frame img.rv-main");
+    if (!main || !loaded(main)) out.push("the main image");
+    const thumbs = [...document.querySelectorAll("#rv-strip img")];
+    const n = thumbs.filter(loaded).length;
+    if (thumbs.length === 0 || n < thumbs.length) out.push(`frames (${n} of ${thumbs.length})`);
+    const clip = document.querySelector("#rv-clip video");
+    if (clip && !clip.error && clip.readyState < 3) out.push("the clip");
+    return out;
+  };
+  window.rvMissing = missing;
+  const hint = (text) => {
+    const h = document.getElementById("rv-hint");
+    if (h) h.textContent = text;
+  };
+  const unseen = (id) => {
+    if (!SEEN.has(id)) return false;
+    const m = missing();
+    if (m.length === 0) return false;
+    hint(`Not yet: ${m.join(", ")} still loading. Look at the sample, then decide.`);
+    return true;
+  };
   const click = (id) => {
     const el = document.getElementById(id);
     const btn = el && (el.tagName === "BUTTON" ? el : el.querySelector("button"));
-    if (!btn) return;
+    if (!btn || unseen(id)) return;
     if (PENDING.has(id)) pending = {token: token(), since: Date.now()};
     btn.click();
   };
+  // mouse clicks on the decision buttons: inert until the sample has loaded
+  document.addEventListener("click", (ev) => {
+    const btn = ev.target && ev.target.closest && ev.target.closest("button");
+    const id = btn && (btn.id || (btn.parentElement && btn.parentElement.id));
+    if (id && unseen(id)) { ev.preventDefault(); ev.stopPropagation(); }
+  }, true);
   document.addEventListener("keydown", (ev) => {
     if ((ev.ctrlKey || ev.metaKey) && ev.key === "Enter") {
       ev.preventDefault(); if (!busy()) click("rv-edit"); return;
@@ -111,6 +154,71 @@ HEAD = """
     }
     click(id);
   });
+  // A session that ended (logged out elsewhere, expired): the server answers 401. Say so with
+  // a login link (a new tab, so this page and its typed text stay), keep the text in
+  // localStorage too (restored after a login in this tab), and never leave a key pending.
+  const DRAFT = "refsav-review-draft";
+  const FIELDS = ["rv-object", "rv-scene", "rv-video", "rv-short", "rv-note"];
+  const box = (id) => document.querySelector(`#${id} textarea, #${id} input`);
+  const ended = () => {
+    pending = null;
+    const shown = document.getElementById("rv-shown");
+    const draft = {shown: shown ? shown.getAttribute("data-shown") : "", texts: {}};
+    for (const id of FIELDS) { const b = box(id); if (b) draft.texts[id] = b.value; }
+    try { localStorage.setItem(DRAFT, JSON.stringify(draft)); } catch (e) { /* full */ }
+    let n = document.getElementById("rv-session");
+    if (!n) {
+      n = document.createElement("div");
+      n.id = "rv-session"; n.className = "rv-session"; n.setAttribute("role", "alert");
+      document.body.prepend(n);
+    }
+    n.innerHTML = "";
+    n.append("Your session has ended (logged out, expired or not recognised): your last " +
+             "action was NOT saved. Your text is kept on this page. ");
+    const a = document.createElement("a");
+    a.href = "./"; a.target = "_blank"; a.rel = "opener"; a.textContent = "Log in again";
+    n.append(a, " (new tab), then come back here and decide again.");
+  };
+  const realFetch = window.fetch.bind(window);
+  window.fetch = async (...args) => {
+    const r = await realFetch(...args);
+    const u = String(args[0] && args[0].url ? args[0].url : args[0]);
+    if (r.status === 401 && u.includes("/gradio_api/") && !u.includes("login")) ended();
+    if (r.ok && u.includes("/queue/join")) {  // logged in again: this page kept its text
+      const n = document.getElementById("rv-session");
+      if (n) { n.remove(); localStorage.removeItem(DRAFT); }
+    }
+    return r;
+  };
+  const restore = () => {
+    let draft = null;
+    try { draft = JSON.parse(localStorage.getItem(DRAFT) || "null"); } catch (e) { return; }
+    const shown = document.getElementById("rv-shown");
+    if (!draft || !shown || shown.getAttribute("data-shown") !== draft.shown) return;
+    localStorage.removeItem(DRAFT);
+    for (const [id, value] of Object.entries(draft.texts)) {
+      const b = box(id);
+      if (b && b.value !== value) {
+        b.value = value; b.dispatchEvent(new Event("input", {bubbles: true}));
+      }
+    }
+    hint("Your unsaved text from before the session ended is back: check it and decide.");
+  };
+  // the hint goes once the sample has loaded; the next sample's images load meanwhile
+  let prefetched = "";
+  const keep = [];
+  setInterval(() => {
+    const h = document.getElementById("rv-hint");
+    if (h && h.textContent.startsWith("Not yet") && missing().length === 0) h.textContent = "";
+    if (!document.getElementById("rv-session")) restore();
+    const shown = document.getElementById("rv-shown");
+    const urls = shown ? (shown.getAttribute("data-prefetch") || "") : "";
+    if (urls && urls !== prefetched) {
+      prefetched = urls;
+      keep.length = 0;
+      for (const u of urls.split(" ")) { const i = new Image(); i.src = u; keep.push(i); }
+    }
+  }, 250);
 })();
 </script>
 """
@@ -135,6 +243,10 @@ h1.rv-title {font-size: 1.5rem; margin: 0 0 4px 0;}
 .rv-ok {background: #e6f6e6; color: #12391a;}
 .rv-notice {padding: 6px 10px; border-radius: 6px; min-height: 1.5em; color: #1a1a1a;}
 .rv-notice.rv-warn {background: #fff1d6; border: 1px solid #8a5a00;}
+.rv-session {position: sticky; top: 0; z-index: 1000; padding: 8px 12px;
+              background: #fde8e8; border: 2px solid #a40000; color: #5c0000;}
+.rv-session a {color: #1e1b4b; font-weight: bold;}
+.rv-hint {margin: 0; min-height: 1.2em; color: #5c3b00; font-weight: 600;}
 .rv-notice.rv-error {background: #fde8e8; border: 1px solid #a40000; color: #5c0000;}
 .rv-progress progress {width: 200px; height: 14px; vertical-align: middle;}
 .rv-progress span {margin-right: 18px;}
@@ -276,6 +388,8 @@ class ReviewApp:
                 prev = gr.Button("← Previous (K)", elem_id="rv-prev", scale=0, min_width=130)
                 nxt = gr.Button("Next (J) →", elem_id="rv-next", scale=0, min_width=110)
                 notice = gr.HTML(elem_id="rv-notice-box", padding=False)
+            gr.HTML('<p id="rv-hint" class="rv-hint" role="status" aria-live="polite"></p>',
+                    padding=False)
             with gr.Row():
                 with gr.Column(scale=3):
                     main = gr.HTML(elem_id="rv-frame", padding=False)
@@ -340,19 +454,31 @@ class ReviewApp:
         return demo
 
     def launch(self, host: str = "127.0.0.1", port: int | None = None,
-               prevent_thread_lock: bool = False, quiet: bool = False) -> gr.Blocks:
+               prevent_thread_lock: bool = False, quiet: bool = False,
+               forwarded_allow_ips: str = "") -> gr.Blocks:
+        """Start the server. ``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``
+        names the client (comma-separated addresses or networks, as uvicorn's option; empty:
+        none, every client is the address it connects from)."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         demo = self.build()
         demo.queue(default_concurrency_limit=8)
-        demo.launch(
-            server_name=host, server_port=port, share=False,
-            auth=make_auth(self.users_file) if self.users_file else None,
-            auth_message="Ref-SAV benchmark review: log in with your reviewer account.",
-            allowed_paths=[str(media_dir(self.out_dir).resolve())],
-            prevent_thread_lock=prevent_thread_lock, quiet=quiet, show_error=True,
-            head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
-            app_kwargs={"middleware": [Middleware(LoginGuard, throttle=self.throttle)]},
-        )
+        auth = (throttled_auth(make_auth(self.users_file), self.throttle)
+                if self.users_file else None)
+        with trusted_proxies(forwarded_allow_ips):
+            demo.launch(
+                server_name=host, server_port=port, share=False, auth=auth,
+                auth_message="Ref-SAV benchmark review: log in with your reviewer account.",
+                allowed_paths=[str(media_dir(self.out_dir).resolve())],
+                prevent_thread_lock=True, quiet=quiet, show_error=True,
+                head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
+                app_kwargs={"middleware": [Middleware(ClientAddress)]},
+            )
+        if self.users_file:  # logins outlive a restart (one in the first instant would not)
+            sessions = SessionTable(decisions_path(self.out_dir))
+            demo.server_app.cookie_id = sessions.cookie_id()
+            demo.server_app.tokens = sessions
+        if not prevent_thread_lock:
+            demo.block_thread()
         return demo
 
 
@@ -368,9 +494,9 @@ def _bind_action(decide, action: str):
 
 
 def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
-          users_file: str | Path | None = None) -> None:
+          users_file: str | Path | None = None, forwarded_allow_ips: str = "") -> None:
     """Blocking: the ``refsav review`` command."""
-    ReviewApp(out_dir, users_file).launch(host, port)
+    ReviewApp(out_dir, users_file).launch(host, port, forwarded_allow_ips=forwarded_allow_ips)
 
 
 def wait_until_up(url: str, timeout: float = 30.0) -> None:

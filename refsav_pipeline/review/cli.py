@@ -24,6 +24,11 @@ Host = Annotated[str, typer.Option("--host", help="Bind address (loopback by def
 Port = Annotated[int | None, typer.Option("--port", help="Port (default: Gradio's 7860+).")]
 Users = Annotated[Path | None, typer.Option("--users", dir_okay=False,
                                             help="Users file: logins required when given.")]
+Proxies = Annotated[str, typer.Option(
+    "--forwarded-allow-ips",
+    help="Proxies trusted to name the client in X-Forwarded-For (comma-separated addresses "
+         "or networks, '*' for any; default none: a client is the address it connects "
+         "from). Login throttling counts per client address.")]
 
 
 @benchmark_app.command("select")
@@ -60,14 +65,14 @@ def select_cmd(
         typer.echo(f"note: fewer than {count} eligible objects fit in whole videos", err=True)
 
 
-def _serve(out: Path, host: str, port: int | None, users: Path | None) -> None:
+def _serve(out: Path, host: str, port: int | None, users: Path | None, proxies: str) -> None:
     from refsav_pipeline.review.app import serve
 
     out = run_folder(out)
     if users is not None and not users.is_file():
         raise fail(f"users file {users} not found (create it with "
                    "`refsav review add-user`)")
-    serve(out, host, port, users)
+    serve(out, host, port, users, proxies)
 
 
 @review_app.callback()
@@ -78,6 +83,7 @@ def review_main(
     host: Host = "127.0.0.1",
     port: Port = None,
     users: Users = None,
+    forwarded_allow_ips: Proxies = "",
 ) -> None:
     """Start the review app (without a sub-command)."""
     if ctx.invoked_subcommand is not None:
@@ -85,7 +91,7 @@ def review_main(
     if out is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-    _serve(out, host, port, users)
+    _serve(out, host, port, users, forwarded_allow_ips)
 
 
 @review_app.command("serve")
@@ -94,9 +100,10 @@ def serve_cmd(
     host: Host = "127.0.0.1",
     port: Port = None,
     users: Users = None,
+    forwarded_allow_ips: Proxies = "",
 ) -> None:
     """Start the review app (same as `refsav review --out DIR`)."""
-    _serve(out, host, port, users)
+    _serve(out, host, port, users, forwarded_allow_ips)
 
 
 @review_app.command("stats")

@@ -97,3 +97,16 @@ def consensus(sample: BenchmarkSample, decisions: Iterable[Decision]) -> Consens
                     texts[f] = edit.strip()
     status = "accepted" if ds[-1].action in ACCEPTING else "rejected"
     return Consensus(status=status, texts=texts, **base)
+
+
+def counts(sample: BenchmarkSample, decisions: Iterable[Decision], d: Decision) -> bool | None:
+    """Whether decision ``d`` is what the log now exports for the sample: its verdict, and
+    each text it edited (``None``: the sample is disputed, an adjudicator decides)."""
+    c = consensus(sample, decisions)
+    if c.status == "disputed":
+        return None
+    if d.action not in ACCEPTING:
+        return c.status == "rejected"
+    own = texts_of(sample, d)
+    return c.status == "accepted" and all(
+        c.texts[f] == own[f] for f in CAPTION_FIELDS if getattr(d, f"edited_{f}") is not None)

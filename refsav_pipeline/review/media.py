@@ -11,6 +11,7 @@ A finished object folder is renamed into place whole, so readers never see half 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import threading
@@ -111,6 +112,21 @@ class MediaCache:
         if cached is None:
             raise RuntimeError(f"media for {sample.key} was not written")
         return cached
+
+    def cached(self, key: SampleKey) -> SampleMedia | None:
+        """The media of ``key`` if already rendered (never renders)."""
+        return self._load(key)
+
+    def render_later(self, sample: BenchmarkSample, video_samples: list[BenchmarkSample]
+                     ) -> None:
+        """Render in the background (errors surface when the sample is opened)."""
+
+        def work() -> None:
+            # an error is shown as "media unavailable" when the sample is opened
+            with contextlib.suppress(Exception):
+                self.get(sample, video_samples)
+
+        threading.Thread(target=work, name=f"media-{sample.video_id}", daemon=True).start()
 
     def _load(self, key: SampleKey) -> SampleMedia | None:
         index = object_dir(self.out_dir, key) / INDEX_FILE

@@ -8,7 +8,9 @@ version (a hash of the captions they judged) so a re-run with new captions makes
 instead of silently applying them to different text. ``samples`` and ``leases`` are the only
 mutable tables: a mirror of ``benchmark.parquet`` for SQL, and the soft locks of the queue.
 An adjudicator's decision (``adjudicates``) settles a double-review sample whose two reviewers
-disagreed; what counts as settled is derived in ``consensus``, never stored.
+disagreed; what counts as settled is derived in ``consensus``, never stored. Once a version is
+adjudicated, only adjudicators may decide it again: a reviewer's decision is refused
+(``Settled``) inside the same transaction, so it can never be stored and then ignored.
 """
 
 from __future__ import annotations
@@ -93,12 +95,21 @@ _KEY_MATCH = ("d.video_id = s.video_id AND d.masklet_type = s.masklet_type "
 # every sample with its real decisions on the current version, in order: one pass, one query
 _STATE_SQL = f"""
 SELECT s.video_id, s.masklet_type, s.masklet_id, s.sample_version, s.position, s.needs,
-       d.action, d.seq, d.reviewer, d.conflict
+       d.action, d.seq, d.reviewer, d.conflict, d.adjudicates
 FROM samples s LEFT JOIN decisions d ON {_KEY_MATCH}
 """
 
 # columns added after the first release: (name, definition) for ALTER TABLE on old files
 _ADDED_COLUMNS = (("note", "TEXT"), ("adjudicates", "INTEGER NOT NULL DEFAULT 0"))
+
+
+class Settled(Exception):
+    """A reviewer's decision on a version an adjudicator has settled: not recorded."""
+
+    def __init__(self, adjudication: Decision) -> None:
+        super().__init__(f"{adjudication.reviewer} adjudicated this sample "
+                         f"(#{adjudication.seq})")
+        self.adjudication = adjudication
 
 
 class NewDecision(BaseModel):
@@ -275,7 +286,8 @@ class DecisionStore:
 
     def record(self, new: NewDecision, now: float | None = None) -> Decision:
         """Append a decision. A view older than the latest decision, or than the sample's
-        current version, is still recorded, with ``conflict`` set and the decision it missed."""
+        current version, is still recorded, with ``conflict`` set and the decision it missed.
+        A reviewer's decision on an adjudicated version raises ``Settled`` (nothing stored)."""
         now = time.time() if now is None else now
         with self._write() as conn:
             return self._append(conn, new, now)
@@ -291,6 +303,15 @@ class DecisionStore:
 
     @staticmethod
     def _append(conn: sqlite3.Connection, new: NewDecision, now: float) -> Decision:
+        if new.action != "skip" and not new.adjudicates:
+            row = conn.execute(
+                f"SELECT {', '.join(_DECISION_COLS)} FROM decisions WHERE video_id = ? "
+                "AND masklet_type = ? AND masklet_id = ? AND sample_version = ? "
+                "AND adjudicates = 1 ORDER BY seq DESC LIMIT 1",
+                (*new.key, new.sample_version)).fetchone()
+            if row is not None:
+                raise Settled(Decision.model_validate(dict(zip(_DECISION_COLS, row,
+                                                               strict=True))))
         latest = conn.execute(
             "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
             "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
@@ -355,14 +376,33 @@ class DecisionStore:
         with self._write() as conn:
             return self._claim(conn, reviewer, after, ttl, now)
 
+    def peek_next(self, reviewer: str, current: SampleKey, *, after: int = -1,
+                  now: float | None = None) -> SampleKey | None:
+        """What ``claim_next`` would hand out once ``current`` is decided, without leasing
+        anything (to preload its images)."""
+        now = time.time() if now is None else now
+        with self._connect() as conn:
+            return self._pick(conn, reviewer, after, now, current)
+
+    @classmethod
+    def _claim(cls, conn: sqlite3.Connection, reviewer: str, after: int, ttl: float,
+               now: float) -> SampleKey | None:
+        key = cls._pick(conn, reviewer, after, now)
+        if key is not None:
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                         (*key, reviewer, now + ttl))
+        return key
+
     @staticmethod
-    def _claim(conn: sqlite3.Connection, reviewer: str, after: int, ttl: float, now: float
-               ) -> SampleKey | None:
+    def _pick(conn: sqlite3.Connection, reviewer: str, after: int, now: float,
+              skip: SampleKey = ("", "", -1)) -> SampleKey | None:
+        """The sample ``_claim`` leases (never ``skip``)."""
+        not_skip = ("NOT (s.video_id = ? AND s.masklet_type = ? AND s.masklet_id = ?)")
         mine = conn.execute(
             "SELECT l.video_id, l.masklet_type, l.masklet_id FROM leases l JOIN samples s "
-            "USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? "
+            f"USING (video_id, masklet_type, masklet_id) WHERE l.reviewer = ? AND {not_skip} "
             "AND l.expires_ts > ? ORDER BY s.position <= ?, s.position LIMIT 1",
-            (reviewer, now, after)).fetchone()
+            (reviewer, *skip, now, after)).fetchone()
         key = tuple(mine) if mine else None
         if key is None:
             row = conn.execute(
@@ -374,17 +414,14 @@ class DecisionStore:
                 AND NOT EXISTS (SELECT 1 FROM leases l WHERE l.video_id = s.video_id
                     AND l.masklet_type = s.masklet_type AND l.masklet_id = s.masklet_id
                     AND l.reviewer != ? AND l.expires_ts > ?)
+                AND {not_skip}
                 ORDER BY EXISTS (SELECT 1 FROM decisions d WHERE d.video_id = s.video_id
                     AND d.masklet_type = s.masklet_type AND d.masklet_id = s.masklet_id
                     AND d.sample_version = s.sample_version AND d.reviewer = ?),
                   s.position <= ?, s.position LIMIT 1""",
-                (reviewer, reviewer, now, reviewer, after)).fetchone()
+                (reviewer, reviewer, now, *skip, reviewer, after)).fetchone()
             key = tuple(row) if row else None
-        if key is None:
-            return None
-        conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
-                     (*key, reviewer, now + ttl))
-        return (str(key[0]), str(key[1]), int(key[2]))
+        return None if key is None else (str(key[0]), str(key[1]), int(key[2]))
 
     def lease_holder(self, key: SampleKey, now: float | None = None) -> str | None:
         now = time.time() if now is None else now
@@ -428,7 +465,7 @@ def _states(rows: list[tuple]) -> list[SampleState]:
     last: tuple | None = None
     action = seq = None
     names: set[str] = set()
-    conflict = False
+    conflict = settled = False
 
     def flush() -> None:
         if last is None:
@@ -443,9 +480,11 @@ def _states(rows: list[tuple]) -> list[SampleState]:
     for r in rows:
         if last is None or r[:3] != last[:3]:
             flush()
-            last, action, seq, names, conflict = r, None, None, set(), False
+            last, action, seq, names, conflict, settled = r, None, None, set(), False, False
         if r[7] is not None:
-            action, seq = r[6], r[7]
+            if r[10] or not settled:  # after an adjudication only adjudications count
+                action, seq = r[6], r[7]
+                settled = settled or bool(r[10])
             names.add(r[8])
             conflict = conflict or bool(r[9])
     flush()

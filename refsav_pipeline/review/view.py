@@ -1,17 +1,18 @@
 """What the page shows for one sample and one reviewer: a pure view-model, no Gradio, no store.
 
-Every value inserted into HTML is escaped here; captions themselves only ever go into text
-boxes. The ``shown`` token (key and version) is written into the page with the sample, and the
-page sends it back with every action: that is how the server knows what the reviewer saw.
+The HTML is in Jinja2 templates (``templates/``) with autoescape on, so every value inserted
+is text, never markup; captions themselves only ever go into text boxes. The ``shown`` token
+(key and version) is written into the page with the sample, and the page sends it back with
+every action: that is how the server knows what the reviewer saw.
 """
 
 from __future__ import annotations
 
-import html
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from jinja2 import Environment, PackageLoader, StrictUndefined
 from pydantic import BaseModel
 
 from refsav_pipeline.records import SampleKey
@@ -26,8 +27,15 @@ HISTORY_HEADERS = ("#", "time (UTC)", "reviewer", "action", "reason", "edited", 
                    "conflict", "adjudication", "note")
 
 
-def esc(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+_TEMPLATES = Environment(
+    loader=PackageLoader("refsav_pipeline.review", "templates"),
+    autoescape=True, undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+    keep_trailing_newline=False)
+
+
+def render(name: str, **context: Any) -> str:
+    """The template ``templates/<name>`` (autoescaped: every value becomes text)."""
+    return _TEMPLATES.get_template(name).render(**context).strip()
 
 
 def shown_token(key: SampleKey, version: str) -> str:
@@ -48,6 +56,9 @@ def parse_token(token: str | None) -> tuple[SampleKey, str] | None:
 def file_url(path: str | Path) -> str:
     """Gradio's URL for a file under the app's static paths (relative to the page)."""
     return "gradio_api/file=" + quote(str(path))
+
+
+_TEMPLATES.filters["file_url"] = file_url
 
 
 class SampleView(BaseModel):
@@ -72,41 +83,27 @@ class SampleView(BaseModel):
     strip: str  # HTML: max-area frame and the 8 sampled frames, labels beside
     clip: str  # HTML video element or ""
     history: str  # HTML table
+    prefetch: list[str] = []  # images of the likely next sample, for the browser to preload
 
 
 def progress_html(p: Progress, reviewer: str, role: str) -> str:
-    mine_total = p.mine + p.my_queue
-    extra = " (adjudicator)" if role == "adjudicator" else ""
-    return (
-        '<div class="rv-progress">'
-        f'<span>Everyone: <progress value="{p.done}" max="{max(p.total, 1)}" '
-        f'aria-label="samples decided by everyone"></progress> '
-        f'<b>{p.done}</b> / {p.total} samples decided '
-        f'({p.accepted} accepted, {p.rejected} rejected, {p.conflicts} with conflicts; '
-        f'{p.reviews_done} / {p.reviews_needed} reviews incl. double review)</span>'
-        f'<span>Me ({esc(reviewer)}{extra}): <progress value="{p.mine}" '
-        f'max="{max(mine_total, 1)}" aria-label="samples decided by me"></progress> '
-        f'<b>{p.mine}</b> decided, {p.my_queue} left for me</span></div>')
+    return render("progress.html", p=p, reviewer=reviewer, role=role)
 
 
 def empty_banner(message: str) -> str:
-    return f'<div class="rv-banner rv-ok" id="rv-shown" data-shown="">{esc(message)}</div>'
+    return render("empty_banner.html", message=message)
 
 
-def notice_html(kind: str, message: str, render: int) -> str:
+def notice_html(kind: str, message: str, render_id: int) -> str:
     """The notice beside the buttons; ``render`` changes with every answer, so the page knows
     its action was handled (keys are ignored until then)."""
     cls = {"ok": "rv-ok", "warn": "rv-warn", "error": "rv-error"}.get(kind, "")
     role = "alert" if kind in ("warn", "error") else "status"
-    return (f'<div class="rv-notice {cls}" id="rv-notice" role="{role}" '
-            f'data-render="{render}">{esc(message)}</div>')
+    return render("notice.html", cls=cls, role=role, message=message, render=render_id)
 
 
 def main_frame_html(path: str | None, alt: str) -> str:
-    if not path:
-        return '<div class="rv-main rv-empty">no frame</div>'
-    return (f'<img class="rv-main" src="{esc(file_url(path))}" alt="{esc(alt)}" '
-            f'width="960">')
+    return render("main_frame.html", path=path, alt=alt)
 
 
 def strip_html(sample: BenchmarkSample, media: SampleMedia | None) -> str:
@@ -115,37 +112,25 @@ def strip_html(sample: BenchmarkSample, media: SampleMedia | None) -> str:
         return ""
     items = [(media.max_area, f"max-area frame {sample.max_area_frame} (contour)")]
     items += [(path, label) for path, label in media.sampled]
-    figures = "".join(
-        f'<figure class="rv-thumb"><a href="{esc(file_url(path))}" target="_blank" '
-        f'rel="noopener"><img src="{esc(file_url(path))}" alt="{esc(label)}, object boxed" '
-        f'loading="lazy"></a><figcaption>{esc(label)}</figcaption></figure>'
-        for path, label in items)
-    return (f'<div class="rv-strip" role="group" aria-label="Max-area frame and the 8 '
-            f'sampled frames (yellow boxes, as the video model saw them)">{figures}</div>')
+    return render("strip.html", items=items)
 
 
 def clip_html(media: SampleMedia | None) -> str:
     if media is None or not media.clip:
         return ""
-    return (f'<video class="rv-clip" src="{esc(file_url(media.clip))}" controls loop muted '
-            f'playsinline aria-label="annotated frames at 6 fps, object outlined"></video>')
+    return render("clip.html", clip=media.clip)
 
 
 def history_html(history: list[Decision]) -> str:
-    if not history:
-        return '<p class="rv-history-empty">No decisions on this sample yet.</p>'
-    head = "".join(f'<th scope="col">{esc(h)}</th>' for h in HISTORY_HEADERS)
     rows = []
     for d in history:
         edited = ", ".join(f.split("_")[0] for f in CAPTION_FIELDS
                            if getattr(d, f"edited_{f}") is not None)
-        cells = (d.seq, d.decided_at[:19].replace("T", " "), d.reviewer,
-                 d.action.replace("_", " & "), d.reason or "", edited,
-                 d.short_expression or "", "⚠ yes" if d.conflict else "",
-                 "yes" if d.adjudicates else "", d.note or "")
-        rows.append("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in cells) + "</tr>")
-    return (f'<table class="rv-history"><caption>Decisions on this sample</caption>'
-            f'<thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>')
+        rows.append((d.seq, d.decided_at[:19].replace("T", " "), d.reviewer,
+                     d.action.replace("_", " & "), d.reason or "", edited,
+                     d.short_expression or "", "⚠ yes" if d.conflict else "",
+                     "yes" if d.adjudicates else "", d.note or ""))
+    return render("history.html", headers=HISTORY_HEADERS, rows=rows)
 
 
 def compare_html(sample: BenchmarkSample, ds: list[Decision]) -> str:
@@ -153,24 +138,21 @@ def compare_html(sample: BenchmarkSample, ds: list[Decision]) -> str:
     firsts = list(per_reviewer(ds).values())[:2]
     if len(firsts) < 2:
         return ""
-    cols = []
+    sides = []
     for d in firsts:
         texts = texts_of(sample, d)
         rows = [("decision", d.action.replace("_", " & ")), ("reason", d.reason or "")]
         rows += [(FIELD_LABELS[f], texts[f] if d.action != "reject" else "—")
                  for f in CAPTION_FIELDS]
         rows += [("short expression", d.short_expression or ""), ("note", d.note or "")]
-        body = "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in rows)
-        cols.append(f'<section class="rv-side"><h3>{esc(d.reviewer)} (#{d.seq})</h3>'
-                    f"<dl>{body}</dl></section>")
-    return ('<div class="rv-compare"><h2>Disagreement: decide as adjudicator</h2>'
-            f'<div class="rv-sides">{"".join(cols)}</div></div>')
+        sides.append({"reviewer": d.reviewer, "seq": d.seq, "rows": rows})
+    return render("compare.html", sides=sides)
 
 
 def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
                 decisions: list[Decision], consensus: Consensus, reviewer: str, role: str,
                 media: SampleMedia | None, media_error: str, lease_holder: str | None,
-                base_seq: int | None) -> SampleView:
+                base_seq: int | None, prefetch: list[str] | None = None) -> SampleView:
     """The view of ``sample`` for ``reviewer``: a revisit shows the text that will be exported
     (the consensus) with the reviewer's own edit marked; an adjudicator on a disputed sample
     gets both decisions side by side."""
@@ -178,29 +160,21 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
     mine = [d for d in history if d.reviewer == reviewer and d.action != "skip"]
     disputed = consensus.status == "disputed"
     adjudicating = disputed and role == "adjudicator"
-    lines = [f"<b>{esc(sample.video_id)}</b> · {esc(sample.masklet_type)} masklet "
-             f"{sample.masklet_id} · {esc(sample.stratum)} · sample {sample.position + 1} of "
-             f"{total}" + (" · <b>double review</b>" if sample.double_review else "")]
     who = ", ".join(state.reviewers) if state and state.reviewers else "nobody yet"
-    lines.append(f"Status: <b>{esc(consensus.status)}</b> (decided by {esc(who)})"
-                 + (f"; adjudicated by {esc(consensus.adjudicated_by)}"
-                    if consensus.adjudicated_by else ""))
-    css = "rv-banner"
+    warnings = []
     if lease_holder and lease_holder != reviewer:
-        lines.append(f"⚠ {esc(lease_holder)} is reviewing this sample right now.")
-        css += " rv-warn"
+        warnings.append(f"{lease_holder} is reviewing this sample right now.")
     if state and state.conflict:
-        lines.append("⚠ This sample has conflicting decisions: see the history below.")
-        css += " rv-warn"
+        warnings.append("This sample has conflicting decisions: see the history below.")
     if disputed:
-        lines.append("⚠ The two reviewers disagree: an adjudicator decides.")
-        css += " rv-warn"
+        warnings.append("The two reviewers disagree: an adjudicator decides.")
     if media_error:
-        lines.append(f"⚠ {esc(media_error)}")
-        css += " rv-warn"
-    token = shown_token(sample.key, sample.sample_version)
-    banner = (f'<div class="{css}" id="rv-shown" data-shown="{esc(token)}">'
-              + "<br>".join(lines) + "</div>")
+        warnings.append(media_error)
+    banner = render("banner.html", css="rv-banner rv-warn" if warnings else "rv-banner",
+                    token=shown_token(sample.key, sample.sample_version), sample=sample,
+                    total=total, status=consensus.status, who=who,
+                    adjudicated_by=consensus.adjudicated_by, warnings=warnings,
+                    prefetch=prefetch or [])
 
     texts = dict(consensus.texts) if not adjudicating else texts_of(sample, None)
     labels = dict(FIELD_LABELS)
@@ -216,13 +190,9 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
                 labels[f] = f"{FIELD_LABELS[f]} · your edit (will be exported)"
             else:
                 labels[f] = f"{FIELD_LABELS[f]} · exported text (your edit differs)"
-                notes.append(f"<li>your {esc(FIELD_LABELS[f].lower())}: "
-                             f"<q>{esc(own[f])}</q></li>")
-        mine_html = (f'<div class="rv-mine"><b>You decided:</b> '
-                     f'{esc(last.action.replace("_", " & "))} (#{last.seq})'
-                     + (f", reason “{esc(last.reason)}”" if last.reason else "")
-                     + ". The boxes show the text that will be exported."
-                     + (f"<ul>{''.join(notes)}</ul>" if notes else "") + "</div>")
+                notes.append((FIELD_LABELS[f].lower(), own[f]))
+        mine_html = render("mine.html", action=last.action.replace("_", " & "), seq=last.seq,
+                           reason=last.reason, notes=notes)
     short = (mine[-1].short_expression or "") if mine else ""
     note = (mine[-1].note or "") if mine else ""
 
@@ -242,7 +212,8 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
         slider_label=slider_label,
         alt_prefix=(f"{sample.video_id}, {sample.masklet_type} masklet {sample.masklet_id}: "
                     "the object outlined"),
-        strip=strip_html(sample, media), clip=clip_html(media), history=history_html(history))
+        strip=strip_html(sample, media), clip=clip_html(media), history=history_html(history),
+        prefetch=prefetch or [])
 
 
 def frame_alt(view_alt: str, index: int, count: int, tinted: bool) -> str:
