@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,23 +20,17 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
-from refsav_pipeline.errors import RecordError  # noqa: E402
 from refsav_pipeline.export.pages import render  # noqa: E402
+from refsav_pipeline.export.row_images import video_images  # noqa: E402
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
 from refsav_pipeline.pipeline.plan import load_plan  # noqa: E402
-from refsav_pipeline.progress import progress  # noqa: E402
 from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker  # noqa: E402
-from refsav_pipeline.render import Renderer, encode_jpeg  # noqa: E402
-from refsav_pipeline.sav.decode import decode_frames  # noqa: E402
-from refsav_pipeline.sav.frames import boxes_at, decode_mask  # noqa: E402
-from refsav_pipeline.sav.masklets import load_annotation, masklets_of  # noqa: E402
 
 REPORT_DIR = "report"
 IMG_DIR = "img"
@@ -46,7 +39,6 @@ REFSAV_MEAN_WORDS = 83.6
 
 STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "failed": "#c62828"}
 CAPTIONS = ("object_caption", "scene_caption", "video_caption")
-STRIP_HEIGHT = 120
 
 
 def words(text: str | None) -> int:
@@ -237,44 +229,17 @@ def pick_gallery(df: pd.DataFrame, n: int) -> list[dict[str, Any]]:
 def render_gallery(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConfig,
                    img: Path) -> tuple[list[GalleryItem], list[str]]:
     """The crop, contour image and 8-frame box strip of each row, decoded once per video."""
-    renderer = Renderer(cfg.render)
     gdir = img / "gallery"
     gdir.mkdir(parents=True, exist_ok=True)
     items: list[GalleryItem] = []
     problems: list[str] = []
-    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_video[r["video_id"]].append(r)
-    for video_id in progress(sorted(by_video), "report gallery"):
-        group = by_video[video_id]
-        try:
-            needed = {int(f) for r in group for f in [r["max_area_frame"], *r["sampled_frames"]]}
-            decoded = decode_frames(sav_root / group[0]["video_path"], needed, video_id=video_id,
-                                    backend=cfg.decode.backend).frames
-            anns = {p: load_annotation(sav_root / p, video_id)
-                    for p in {r["anno_path"] for r in group}}
-        except (RecordError, OSError) as exc:
-            problems.append(str(exc))
+    for video in video_images(rows, sav_root, cfg, "report gallery"):
+        if video.problem is not None:
+            problems.append(video.problem)
             continue
-        for r in group:
-            m = masklets_of(anns[r["anno_path"]], r["masklet_type"])[int(r["masklet_index"])]
-            best = int(r["max_area_frame"])
-            mask = decode_mask(m, best)
-            frame = decoded[best]
-            box = tuple(int(v) for v in r["bbox"])
-            stem = _safe(f"{len(items):03d}_{video_id}_{r['masklet_type']}_{r['masklet_id']}")
-            tiles = []
-            for f, b in boxes_at(m, [int(f) for f in r["sampled_frames"]]).items():
-                tile = renderer.boxed(decoded[f], b)
-                scale = STRIP_HEIGHT / tile.shape[0]
-                tiles.append(cv2.resize(tile, (max(1, round(tile.shape[1] * scale)),
-                                               STRIP_HEIGHT), interpolation=cv2.INTER_AREA))
-                tiles.append(np.full((STRIP_HEIGHT, 4, 3), 255, np.uint8))
-            files = {
-                "crop": encode_jpeg(renderer.crop(frame, mask, box), 320, 85),
-                "contour": encode_jpeg(renderer.contour(frame, mask), 480, 85),
-                "strip": encode_jpeg(np.hstack(tiles[:-1]), 2048, 80),
-            }
+        for r, files in zip(video.rows, video.images, strict=True):
+            stem = _safe(f"{len(items):03d}_{video.video_id}_{r['masklet_type']}_"
+                         f"{r['masklet_id']}")
             for name, data in files.items():
                 (gdir / f"{stem}_{name}.jpg").write_bytes(data)
             rel = f"{IMG_DIR}/gallery/{stem}"
