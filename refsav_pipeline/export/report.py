@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
+from refsav_pipeline.export.lengths import REFSAV_MEAN_WORDS, words  # noqa: E402
 from refsav_pipeline.export.pages import render  # noqa: E402
 from refsav_pipeline.export.row_images import video_images  # noqa: E402
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
@@ -34,15 +35,9 @@ from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker 
 
 REPORT_DIR = "report"
 IMG_DIR = "img"
-REFSAV_MEAN_WORDS = 83.6
-"""Average expression length of the published Ref-SAV train set (Sa2VA paper), in words."""
 
 STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "failed": "#c62828"}
 CAPTIONS = ("object_caption", "scene_caption", "video_caption")
-
-
-def words(text: str | None) -> int:
-    return len(text.split()) if isinstance(text, str) else 0
 
 
 def _safe(name: str) -> str:
