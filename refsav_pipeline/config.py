@@ -113,10 +113,14 @@ class PipelineConfig(BaseModel):
     def load(cls, path: str | Path | None) -> PipelineConfig:
         return cls() if path is None else cls.model_validate(load_yaml(path))
 
+    def row_settings(self) -> dict:
+        """Everything that shapes output rows (not where servers live, nor how hard they are
+        pushed): what the fingerprint hashes, and what a published dataset shows."""
+        return self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
+
     def fingerprint(self) -> str:
-        """Hash of everything that shapes output rows (not where servers live)."""
-        data = self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        """Hash of ``row_settings``."""
+        blob = json.dumps(self.row_settings(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
