@@ -25,9 +25,10 @@ from refsav_pipeline.sav.decode import decode_frames
 from refsav_pipeline.sav.frames import boxes_at, decode_mask
 from refsav_pipeline.sav.masklets import Masklet, load_annotation, masklets_of
 
-IMAGE_NAMES = ("crop", "contour", "strip")
 STRIP_HEIGHT = 120
 """Pixel height of each sampled frame in the strip."""
+DISPLAY_JPEG = {"crop": (320, 85), "contour": (480, 85), "strip": (2048, 80)}
+"""Longest side (pixels) and JPEG quality of each image."""
 
 
 @dataclass
@@ -36,7 +37,7 @@ class VideoImages:
 
     video_id: str
     rows: list[dict[str, Any]]
-    images: list[dict[str, bytes]] = field(default_factory=list)  # name (IMAGE_NAMES) -> JPEG
+    images: list[dict[str, bytes]] = field(default_factory=list)  # DISPLAY_JPEG name -> JPEG
     problem: str | None = None
 
 
@@ -53,11 +54,9 @@ def row_jpegs(row: dict[str, Any], masklet: Masklet, frames: dict[int, np.ndarra
         tiles.append(cv2.resize(tile, (max(1, round(tile.shape[1] * scale)), STRIP_HEIGHT),
                                 interpolation=cv2.INTER_AREA))
         tiles.append(np.full((STRIP_HEIGHT, 4, 3), 255, np.uint8))
-    return {
-        "crop": encode_jpeg(renderer.crop(frames[best], mask, box), 320, 85),
-        "contour": encode_jpeg(renderer.contour(frames[best], mask), 480, 85),
-        "strip": encode_jpeg(np.hstack(tiles[:-1]), 2048, 80),
-    }
+    images = {"crop": renderer.crop(frames[best], mask, box),
+              "contour": renderer.contour(frames[best], mask), "strip": np.hstack(tiles[:-1])}
+    return {name: encode_jpeg(image, *DISPLAY_JPEG[name]) for name, image in images.items()}
 
 
 def video_images(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConfig,
