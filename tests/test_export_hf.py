@@ -27,10 +27,11 @@ from pipeline_helpers import config_for, refsav_argv
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
+from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.export.hf import IMAGE_COLUMNS, features
 from refsav_pipeline.llm.prompts import DEFAULT_PROMPTS_DIR, load_prompt
 from refsav_pipeline.pipeline.cli import free_port, reference_server
-from refsav_pipeline.pipeline.driver import execute, prepare_output
+from refsav_pipeline.pipeline.driver import execute, prepare_output, save_config
 from refsav_pipeline.pipeline.plan import load_plan, save_plan
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.sav.chunks import format_chunks, parse_chunks
@@ -213,6 +214,25 @@ def test_images_are_the_reports_bytes(ex: dict, with_images: Path) -> None:
     assert set(got) <= set(shown)
     for key, images in got.items():
         assert images == shown[key], key
+
+
+def test_images_follow_the_runs_own_render_settings(ex: dict, with_images: Path,
+                                                    tmp_path: Path) -> None:
+    # A run drawn with other settings: the report and the dataset both use its config.json.
+    out = tmp_path / "out"
+    shutil.copytree(ex["out"], out)
+    cfg = PipelineConfig()
+    cfg.render.contour_thickness, cfg.render.box_style = 7, "corners"
+    save_config(out, cfg)
+    export(out, tmp_path / "hf", "--images", "jpeg")
+    got = dataset_images(load(tmp_path / "hf", tmp_path / "cache"))
+    shown = report_images(out)
+    default = dataset_images(load(with_images, ex["cache"]))
+    for key, images in got.items():
+        assert images == shown[key], key
+        assert images["object_crop"] == default[key]["object_crop"]  # no setting changed
+        assert images["contour_image"] != default[key]["contour_image"]
+        assert images["frames_strip"] != default[key]["frames_strip"]
 
 
 def test_shards_split_at_max_size(ex: dict, with_images: Path) -> None:

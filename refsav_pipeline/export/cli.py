@@ -13,7 +13,7 @@ from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import InputError, RecordError
 from refsav_pipeline.export.check import check_export
-from refsav_pipeline.export.inputs import chunks_option, require_validated
+from refsav_pipeline.export.inputs import chunks_option, display_config, require_validated
 from refsav_pipeline.export.layout import LayoutName
 from refsav_pipeline.review.paths import benchmark_path
 
@@ -211,13 +211,15 @@ def check(
 
 def report(
     out: Annotated[Path, typer.Option(help="Run output folder.")],
-    config: Annotated[Path | None, typer.Option(help="Pipeline config YAML (render, export).")]
+    config: Annotated[Path | None, typer.Option(
+        help="Pipeline config YAML (render, export); default: the run's own config.json.")]
     = None,
     gallery: Annotated[int, typer.Option(min=0, help="Samples in the gallery.")] = 12,
 ) -> None:
     """Write a static HTML report of a run to <out>/report/index.html."""
     from refsav_pipeline.export.report import build_report
 
-    cfg = load_config(config)
-    path = build_report(run_folder(out), cfg, gallery)
+    out = run_folder(out)
+    cfg = display_config(out, load_config(config) if config is not None else None)
+    path = build_report(out, cfg, gallery)
     console.print(f"report: {path.resolve().as_uri()}")
