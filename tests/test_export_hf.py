@@ -235,6 +235,22 @@ def test_images_follow_the_runs_own_render_settings(ex: dict, with_images: Path,
         assert images["frames_strip"] != default[key]["frames_strip"]
 
 
+def test_a_missing_prompt_file_is_said_not_fatal(ex: dict, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(ex["out"], out)
+    cfg = PipelineConfig()
+    cfg.models.prompts.dir = str(tmp_path / "no-prompts")
+    save_config(out, cfg)
+    output = export(out, tmp_path / "hf")
+    assert "warning: prompt video_caption@v1 (video): no file" in " ".join(output.split())
+    card = (tmp_path / "hf" / "README.md").read_text()
+    row = next(line for line in card.splitlines()
+               if line.startswith("| `video` | `video_caption@v1` |"))
+    assert "file not found" in row
+    assert not (tmp_path / "hf" / "provenance" / "prompts").exists()
+    assert load(tmp_path / "hf", tmp_path / "cache")["train"].num_rows > 0
+
+
 def test_shards_split_at_max_size(ex: dict, with_images: Path) -> None:
     for split in ("train", "benchmark"):
         files = sorted((with_images / "data").glob(f"{split}-*.parquet"))

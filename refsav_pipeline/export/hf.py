@@ -147,12 +147,18 @@ def train_record(row: dict[str, Any]) -> dict[str, Any]:
                    [], "not_reviewed")
 
 
+def review_status(sample: ValidatedSample) -> str:
+    """What the review made of a benchmark object (the ``review_status`` column)."""
+    if not sample.long_accepted:
+        return "long_rejected"
+    return "accepted_edited" if sample.edited else "accepted"
+
+
 def benchmark_record(sample: ValidatedSample, row: dict[str, Any]) -> dict[str, Any]:
     """The reviewed sample's final texts on its run row's frames."""
-    status = ("long_rejected" if not sample.long_accepted
-              else "accepted_edited" if sample.edited else "accepted")
     return _record(row, (sample.object_caption, sample.scene_caption, sample.video_caption),
-                   [s.strip() for s in sample.short_expressions if s.strip()], status)
+                   [s.strip() for s in sample.short_expressions if s.strip()],
+                   review_status(sample))
 
 
 # ------------------------------------------------------------------------------------------------

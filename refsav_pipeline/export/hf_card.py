@@ -26,6 +26,7 @@ from refsav_pipeline.export.hf import (
     HfInputs,
     SplitFiles,
     columns,
+    review_status,
 )
 from refsav_pipeline.export.lengths import REFSAV_MEAN_WORDS, words
 from refsav_pipeline.export.pages import render
@@ -33,7 +34,9 @@ from refsav_pipeline.export.row_images import DISPLAY_JPEG, STRIP_HEIGHT
 from refsav_pipeline.llm.config import PromptRef
 from refsav_pipeline.llm.prompts import load_prompt, prompt_path
 from refsav_pipeline.records import CALLS
+from refsav_pipeline.review import load_validated
 from refsav_pipeline.review.paths import benchmark_path, decisions_path, validated_path
+from refsav_pipeline.review.select import benchmark_chunks, load_benchmark
 from refsav_pipeline.review.stats import Agreement, review_stats
 from refsav_pipeline.review.store import Progress
 from refsav_pipeline.sav.chunks import chunk_of, format_chunks
@@ -110,14 +113,13 @@ def write_provenance(inputs: HfInputs, folder: Path, warnings: list[str]) -> lis
     out = []
     for (call, value), n in sorted(named.items(), key=lambda x: (CALLS.index(x[0][0]), x[0][1])):
         ref = _ref(value)
-        facts = PromptFacts(call=call, ref=value, rows=n, file=None, sha256=None,
-                            role=None, sampling=None,
-                            mm_processor_kwargs=None)
+        facts = PromptFacts(call=call, ref=value, rows=n, file=None, sha256=None, role=None,
+                            sampling=None, mm_processor_kwargs=None)
+        out.append(facts)
         path = prompt_path(ref, prompts_dir) if ref is not None else None
         if ref is None or path is None or not path.is_file():
             warnings.append(f"prompt {value} ({call}): no file {path}; the card cannot show "
                             "its hash")
-            out.append(facts)
             continue
         tpl = load_prompt(ref, prompts_dir)
         (folder / PROMPTS_DIR).mkdir(exist_ok=True)
@@ -129,7 +131,6 @@ def write_provenance(inputs: HfInputs, folder: Path, warnings: list[str]) -> lis
             facts.mm_processor_kwargs = ({**model.mm_processor_kwargs,
                                           **tpl.mm_processor_kwargs}
                                          if tpl.images.max else {})
-        out.append(facts)
     return out
 
 
@@ -141,13 +142,9 @@ def review_facts(out_dir: Path) -> ReviewFacts | None:
     """The review behind the benchmark; ``None`` if the run has no validated benchmark."""
     if not validated_path(out_dir).is_file():
         return None
-    from refsav_pipeline.review import load_validated
-    from refsav_pipeline.review.select import benchmark_chunks, load_benchmark
-
     validated = load_validated(out_dir)
     selected = load_benchmark(out_dir) if benchmark_path(out_dir).is_file() else []
-    by_status = Counter("long_rejected" if not s.long_accepted
-                        else "accepted_edited" if s.edited else "accepted" for s in validated)
+    by_status = Counter(review_status(s) for s in validated)
     progress = agreement = None
     if selected and decisions_path(out_dir).is_file():
         stats = review_stats(out_dir)
