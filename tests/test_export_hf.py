@@ -28,7 +28,7 @@ from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
 from refsav_pipeline.config import PipelineConfig
-from refsav_pipeline.export.hf import IMAGE_COLUMNS, features
+from refsav_pipeline.export.hf import BUILD_PREFIX, IMAGE_COLUMNS, features
 from refsav_pipeline.llm.prompts import DEFAULT_PROMPTS_DIR, load_prompt
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.pipeline.driver import execute, prepare_output, save_config
@@ -337,7 +337,7 @@ def test_a_folder_in_the_way_is_kept_unless_forced(ex: dict, tmp_path: Path) -> 
     assert (dest / ".gitattributes").read_text() == "*.parquet filter=lfs\n"  # not ours
     assert sorted(p.name for p in (dest / "data").iterdir()) == \
         ["benchmark-00000-of-00001.parquet", "train-00000-of-00001.parquet"]
-    assert not [p for p in dest.iterdir() if p.name.startswith(".refsav-hf")]
+    assert not [p for p in dest.iterdir() if p.name.startswith(BUILD_PREFIX)]
     (tmp_path / "file").write_text("x")
     output = export(ex["out"], tmp_path / "file", code=2)
     assert "is a file" in output

@@ -48,6 +48,8 @@ CARD_FILE = "README.md"
 PROVENANCE_DIR = "provenance"
 OWNED = (DATA_DIR, CARD_FILE, PROVENANCE_DIR)
 """What the export writes in DIR; ``force`` replaces these and leaves anything else alone."""
+BUILD_PREFIX = ".refsav-hf-"
+"""The hidden folder inside DIR where an export is built before it is moved into place."""
 SPLITS = ("train", "benchmark")
 DEFAULT_MAX_SHARD_BYTES = 500_000_000
 ROW_GROUP_ROWS = {"none": 10_000, "jpeg": 100}
@@ -384,7 +386,7 @@ def export_hf(out_dir: str | Path, dest: str | Path, opts: HfOptions | None = No
     dest = inputs.dest
     created = not dest.exists()
     dest.mkdir(parents=True, exist_ok=True)
-    tmp = dest / f".refsav-hf-{os.getpid()}"
+    tmp = dest / f"{BUILD_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     warnings = list(inputs.warnings)
     try:

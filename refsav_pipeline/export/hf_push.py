@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from refsav_pipeline.errors import InputError
-from refsav_pipeline.export.hf import CARD_FILE, DATA_DIR
+from refsav_pipeline.export.hf import BUILD_PREFIX, CARD_FILE, DATA_DIR
 
 
 class PushFailed(Exception):
@@ -50,6 +50,7 @@ def push_folder(folder: Path, repo_id: str, private: bool = False) -> str:
         api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
         commit = api.upload_folder(repo_id=repo_id, repo_type="dataset", folder_path=folder,
                                    commit_message="refsav export hf",
+                                   ignore_patterns=[f"{BUILD_PREFIX}*"],  # left by a killed build
                                    delete_patterns=[f"{DATA_DIR}/*.parquet"])
     except OfflineModeIsEnabled as exc:
         raise PushFailed(f"cannot push to {where}: HF_HUB_OFFLINE is set") from exc
