@@ -142,8 +142,7 @@ def hf(
                              f"upload {to} as it is")
         check_dataset_folder(to)
     else:
-        _write_hf(run_folder(out), to, part, images, max_shard_size, exclude_chunks, config,
-                  force)
+        _write_hf(out, to, part, images, max_shard_size, exclude_chunks, config, force)
     if push is not None:
         try:
             url = push_folder(to, push, private)
@@ -170,7 +169,7 @@ def _write_hf(out: Path, to: Path, part: PartChoice, images: ImagesChoice, max_s
     opts = HfOptions(part=part.value, images=images.value, max_shard_bytes=max_bytes,
                      force=force, exclude_chunks=chunks_option(exclude_chunks))
     render_config = load_config(config) if config is not None else None
-    result = export_hf(out, to, opts, render_config)
+    result = export_hf(run_folder(out), to, opts, render_config)
     for s in result.splits:
         lacking = f", {s.without_images} without images" if s.without_images else ""
         console.print(f"{s.name}: {s.rows} rows, {s.videos} videos, {len(s.files)} Parquet "
@@ -219,7 +218,7 @@ def report(
     """Write a static HTML report of a run to <out>/report/index.html."""
     from refsav_pipeline.export.report import build_report
 
+    override = load_config(config) if config is not None else None  # a broken one first
     out = run_folder(out)
-    cfg = display_config(out, load_config(config) if config is not None else None)
-    path = build_report(out, cfg, gallery)
+    path = build_report(out, display_config(out, override), gallery)
     console.print(f"report: {path.resolve().as_uri()}")
