@@ -122,10 +122,14 @@ class PipelineConfig(BaseModel):
         except ValidationError as exc:
             raise ConfigError(describe_errors(cls, exc)) from None
 
+    def row_settings(self) -> dict:
+        """Everything that shapes output rows (not where servers live, nor how hard they are
+        pushed): what the fingerprint hashes, and what a published dataset shows."""
+        return self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
+
     def fingerprint(self) -> str:
-        """Hash of everything that shapes output rows (not where servers live)."""
-        data = self.model_dump(mode="json", exclude=_FINGERPRINT_EXCLUDE)
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+        """Hash of ``row_settings``."""
+        blob = json.dumps(self.row_settings(), sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -1,4 +1,4 @@
-"""``refsav export …`` (Sa2VA formats, checker) and ``refsav report``."""
+"""``refsav export …`` (Sa2VA formats, Hugging Face dataset, checker) and ``refsav report``."""
 
 from __future__ import annotations
 
@@ -11,13 +11,14 @@ from rich.console import Console
 
 from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
-from refsav_pipeline.errors import RecordError
+from refsav_pipeline.errors import InputError, RecordError
 from refsav_pipeline.export.check import check_export
+from refsav_pipeline.export.inputs import chunks_option, display_config, require_validated
 from refsav_pipeline.export.layout import LayoutName
-from refsav_pipeline.review.paths import benchmark_path, validated_path
+from refsav_pipeline.review.paths import benchmark_path
 
-export_app = typer.Typer(help="Export a run to Sa2VA's Ref-SAV formats and check an export.",
-                         no_args_is_help=True)
+export_app = typer.Typer(help="Export a run to Sa2VA's Ref-SAV formats or a Hugging Face "
+                         "dataset, and check an export.", no_args_is_help=True)
 console = Console()
 
 
@@ -25,6 +26,11 @@ class PartChoice(StrEnum):
     train = "train"
     benchmark = "benchmark"
     all = "all"
+
+
+class ImagesChoice(StrEnum):
+    none = "none"
+    jpeg = "jpeg"
 
 
 class LongChoice(StrEnum):
@@ -53,18 +59,13 @@ def sa2va(
     """Write Sa2VA's training JSON and ref_sav_eval/ benchmark (see --layout)."""
     from refsav_pipeline.export.layout import layout_for
     from refsav_pipeline.export.sa2va import export_benchmark, export_train
-    from refsav_pipeline.sav.chunks import parse_chunks
 
-    try:
-        chunks = parse_chunks(exclude_chunks) if exclude_chunks is not None else []
-    except ValueError as exc:
-        raise fail(f"--exclude-chunks: {exc}") from exc
+    chunks = chunks_option(exclude_chunks)
     out = run_folder(out)
     if to.exists() and not to.is_dir():
         raise fail(f"--to {to} is a file: pass a folder for the export")
-    if part is not PartChoice.train and not validated_path(out).is_file():
-        raise fail(f"no {validated_path(out)} for the benchmark part: run `refsav review "
-                   f"export --out {out}` after the review, or pass --part train")
+    if part is not PartChoice.train:
+        require_validated(out)
     cfg: ExportConfig = load_config(config).export
     if long_expression is not None:
         cfg = cfg.model_copy(update={"long_expression": long_expression.value})
@@ -99,6 +100,87 @@ def sa2va(
         raise fail(str(exc), 1) from exc
 
 
+@export_app.command("hf")
+def hf(
+    to: Annotated[Path, typer.Option("--to", help="The dataset folder (DIR).")],
+    out: Annotated[Path | None, typer.Option(
+        help="Run output folder to export. Without it, --push uploads DIR as it is.")] = None,
+    part: Annotated[PartChoice, typer.Option(help="Which splits to write.")] = PartChoice.all,
+    images: Annotated[ImagesChoice, typer.Option(
+        help="jpeg: add each row's crop, contour and frame strip, as the run report shows "
+             "them (drawn from the SA-V videos).")] = ImagesChoice.none,
+    max_shard_size: Annotated[str, typer.Option(
+        help="Largest Parquet file, before compression, e.g. 500MB, 1GB.")] = "500MB",
+    exclude_chunks: Annotated[str | None, typer.Option(
+        help="Leave these SA-V chunks out of train too, e.g. sav_050-sav_055 (the chunks the "
+             "benchmark was selected from are always left out).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="Pipeline config YAML whose render section draws the images (default: the "
+             "run's own config.json).")] = None,
+    force: Annotated[bool, typer.Option(
+        help="Replace DIR's README.md, data/ and provenance/ (nothing else in DIR).")] = False,
+    push: Annotated[str | None, typer.Option(
+        help="Then upload DIR to this Hub dataset repository, e.g. me/ref-sav (token: "
+             "HF_TOKEN or `hf auth login`; Hub: HF_ENDPOINT).")] = None,
+    private: Annotated[bool, typer.Option(
+        help="With --push: create the repository private if it does not exist.")] = False,
+) -> None:
+    """Write a Hugging Face dataset folder (Parquet splits + a dataset card saying how the
+    data was made); with --push, upload it to the Hub."""
+    from refsav_pipeline.export.hf_push import (
+        PushFailed,
+        check_dataset_folder,
+        check_repo_id,
+        push_folder,
+    )
+
+    if push is not None:
+        check_repo_id(push)
+    if out is None:
+        if push is None:
+            raise InputError("pass --out RUN to write the dataset folder, or --push REPO_ID to "
+                             f"upload {to} as it is")
+        check_dataset_folder(to)
+    else:
+        _write_hf(out, to, part, images, max_shard_size, exclude_chunks, config, force)
+    if push is not None:
+        try:
+            url = push_folder(to, push, private)
+        except PushFailed as exc:
+            raise fail(f"{exc}. {to} is written: push it again with `refsav export hf --to "
+                       f"{to} --push {push}`", 1) from exc
+        console.print(f"pushed {to} -> {url}", soft_wrap=True)
+
+
+def _write_hf(out: Path, to: Path, part: PartChoice, images: ImagesChoice, max_shard_size: str,
+              exclude_chunks: str | None, config: Path | None, force: bool) -> None:
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    from refsav_pipeline.export.hf import export_hf
+    from refsav_pipeline.export.hf_dataset import HfOptions
+
+    try:
+        max_bytes = (int(max_shard_size) if max_shard_size.isdigit()  # plain bytes
+                     else convert_file_size_to_int(max_shard_size))
+    except ValueError as exc:
+        raise InputError(f"--max-shard-size {max_shard_size!r} is not a size like 500MB or "
+                         "1GB") from exc
+    if max_bytes <= 0:
+        raise InputError(f"--max-shard-size {max_shard_size!r} must be more than 0 bytes")
+    opts = HfOptions(part=part.value, images=images.value, max_shard_bytes=max_bytes,
+                     force=force, exclude_chunks=chunks_option(exclude_chunks))
+    render_config = load_config(config) if config is not None else None
+    result = export_hf(run_folder(out), to, opts, render_config)
+    for s in result.splits:
+        lacking = f", {s.without_images} without images" if s.without_images else ""
+        console.print(f"{s.name}: {s.rows} rows, {s.videos} videos, {len(s.files)} Parquet "
+                      f"file(s), {s.download_bytes:,} bytes{lacking}", soft_wrap=True)
+    for w in result.warnings:
+        console.print(f"[yellow]warning:[/yellow] {w}", soft_wrap=True)
+    console.print(f"dataset: {to}/README.md, {to}/data/ "
+                  f"(load it with datasets.load_dataset({str(to)!r}))", soft_wrap=True)
+
+
 @export_app.command("check")
 def check(
     dest: Annotated[Path, typer.Argument(
@@ -129,13 +211,15 @@ def check(
 
 def report(
     out: Annotated[Path, typer.Option(help="Run output folder.")],
-    config: Annotated[Path | None, typer.Option(help="Pipeline config YAML (render, export).")]
+    config: Annotated[Path | None, typer.Option(
+        help="Pipeline config YAML (render, export); default: the run's own config.json.")]
     = None,
     gallery: Annotated[int, typer.Option(min=0, help="Samples in the gallery.")] = 12,
 ) -> None:
     """Write a static HTML report of a run to <out>/report/index.html."""
     from refsav_pipeline.export.report import build_report
 
-    cfg = load_config(config)
-    path = build_report(run_folder(out), cfg, gallery)
+    override = load_config(config) if config is not None else None  # a broken one first
+    out = run_folder(out)
+    path = build_report(out, display_config(out, override), gallery)
     console.print(f"report: {path.resolve().as_uri()}")

@@ -9,11 +9,9 @@ so the report opens from disk, travels as a folder, and needs no server.
 
 from __future__ import annotations
 
-import html
 import json
 import re
 import shutil
-from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,40 +20,24 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
-import cv2  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
-from refsav_pipeline.errors import RecordError  # noqa: E402
+from refsav_pipeline.export.lengths import REFSAV_MEAN_WORDS, words  # noqa: E402
+from refsav_pipeline.export.pages import render  # noqa: E402
+from refsav_pipeline.export.row_images import video_images  # noqa: E402
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
 from refsav_pipeline.pipeline.plan import load_plan  # noqa: E402
-from refsav_pipeline.progress import progress  # noqa: E402
 from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker  # noqa: E402
-from refsav_pipeline.render import Renderer, encode_jpeg  # noqa: E402
-from refsav_pipeline.sav.decode import decode_frames  # noqa: E402
-from refsav_pipeline.sav.frames import boxes_at, decode_mask  # noqa: E402
-from refsav_pipeline.sav.masklets import load_annotation, masklets_of  # noqa: E402
 
 REPORT_DIR = "report"
 IMG_DIR = "img"
-REFSAV_MEAN_WORDS = 83.6
-"""Average expression length of the published Ref-SAV train set (Sa2VA paper), in words."""
 
 STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "failed": "#c62828"}
 CAPTIONS = ("object_caption", "scene_caption", "video_caption")
-STRIP_HEIGHT = 120
-
-
-def words(text: str | None) -> int:
-    return len(text.split()) if isinstance(text, str) else 0
-
-
-def _e(value: Any) -> str:
-    """Escape anything from the data before it goes into HTML."""
-    return html.escape("" if value is None else str(value), quote=True)
 
 
 def _safe(name: str) -> str:
@@ -207,7 +189,7 @@ def masklet_table(df: pd.DataFrame) -> list[list[str]]:
                   ok=df["status"] == "ok").groupby(["masklet_type", "bucket"])
     rank = {"small": 0, "medium": 1, "large": 2}
     groups = sorted(g, key=lambda item: (item[0][0], rank.get(item[0][1], 3), item[0][1]))
-    return [[_e(t), _e(b), str(len(x)), str(int(x["ok"].sum())),
+    return [[str(t), str(b), str(len(x)), str(int(x["ok"].sum())),
              f"{100 * x['ok'].mean():.0f}%"] for (t, b), x in groups]
 
 
@@ -242,44 +224,17 @@ def pick_gallery(df: pd.DataFrame, n: int) -> list[dict[str, Any]]:
 def render_gallery(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConfig,
                    img: Path) -> tuple[list[GalleryItem], list[str]]:
     """The crop, contour image and 8-frame box strip of each row, decoded once per video."""
-    renderer = Renderer(cfg.render)
     gdir = img / "gallery"
     gdir.mkdir(parents=True, exist_ok=True)
     items: list[GalleryItem] = []
     problems: list[str] = []
-    by_video: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for r in rows:
-        by_video[r["video_id"]].append(r)
-    for video_id in progress(sorted(by_video), "report gallery"):
-        group = by_video[video_id]
-        try:
-            needed = {int(f) for r in group for f in [r["max_area_frame"], *r["sampled_frames"]]}
-            decoded = decode_frames(sav_root / group[0]["video_path"], needed, video_id=video_id,
-                                    backend=cfg.decode.backend).frames
-            anns = {p: load_annotation(sav_root / p, video_id)
-                    for p in {r["anno_path"] for r in group}}
-        except (RecordError, OSError) as exc:
-            problems.append(str(exc))
+    for video in video_images(rows, sav_root, cfg, "report gallery"):
+        if video.problem is not None:
+            problems.append(video.problem)
             continue
-        for r in group:
-            m = masklets_of(anns[r["anno_path"]], r["masklet_type"])[int(r["masklet_index"])]
-            best = int(r["max_area_frame"])
-            mask = decode_mask(m, best)
-            frame = decoded[best]
-            box = tuple(int(v) for v in r["bbox"])
-            stem = _safe(f"{len(items):03d}_{video_id}_{r['masklet_type']}_{r['masklet_id']}")
-            tiles = []
-            for f, b in boxes_at(m, [int(f) for f in r["sampled_frames"]]).items():
-                tile = renderer.boxed(decoded[f], b)
-                scale = STRIP_HEIGHT / tile.shape[0]
-                tiles.append(cv2.resize(tile, (max(1, round(tile.shape[1] * scale)),
-                                               STRIP_HEIGHT), interpolation=cv2.INTER_AREA))
-                tiles.append(np.full((STRIP_HEIGHT, 4, 3), 255, np.uint8))
-            files = {
-                "crop": encode_jpeg(renderer.crop(frame, mask, box), 320, 85),
-                "contour": encode_jpeg(renderer.contour(frame, mask), 480, 85),
-                "strip": encode_jpeg(np.hstack(tiles[:-1]), 2048, 80),
-            }
+        for r, files in zip(video.rows, video.images, strict=True):
+            stem = _safe(f"{len(items):03d}_{video.video_id}_{r['masklet_type']}_"
+                         f"{r['masklet_id']}")
             for name, data in files.items():
                 (gdir / f"{stem}_{name}.jpg").write_bytes(data)
             rel = f"{IMG_DIR}/gallery/{stem}"
@@ -292,80 +247,29 @@ def render_gallery(rows: list[dict[str, Any]], sav_root: Path, cfg: PipelineConf
 # Page
 # ------------------------------------------------------------------------------------------------
 
-CSS = """
-:root { --fg:#1d2330; --muted:#5b6475; --line:#e3e6ec; --ok:#2e7d32; --warn:#f9a825;
-        --bad:#c62828; --bg:#f6f7f9; }
-* { box-sizing: border-box; }
-body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: var(--fg);
-       background: var(--bg); margin: 0; }
-main { max-width: 1240px; margin: 0 auto; padding: 24px 28px 60px; }
-h1 { font-size: 22px; margin: 0 0 4px; } h2 { font-size: 17px; margin: 34px 0 10px; }
-.sub { color: var(--muted); font-size: 12.5px; word-break: break-all; }
-.cards { display: grid; grid-template-columns: repeat(auto-fit, minmax(128px, 1fr)); gap: 10px;
-         margin-top: 18px; }
-.card { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 14px; }
-.card .v { font-size: 22px; font-weight: 650; } .card .l { color: var(--muted); font-size: 12px; }
-.card.ok .v { color: var(--ok); } .card.warn .v { color: #b07800; }
-.card.bad .v { color: var(--bad); }
-.row { display: grid; grid-template-columns: 1fr 1fr; gap: 16px; align-items: start; }
-.panel { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; }
-.panel img { width: 100%; height: auto; display: block; }
-table { border-collapse: collapse; width: 100%; font-size: 13px; }
-th, td { text-align: left; padding: 5px 8px; border-bottom: 1px solid var(--line);
-         vertical-align: top; }
-th { color: var(--muted); font-weight: 600; } td.n, th.n { text-align: right;
-     font-variant-numeric: tabular-nums; }
-.gallery { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 14px; }
-.item { background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 12px; }
-.item h3 { font-size: 13.5px; margin: 0 0 8px; font-weight: 600; }
-.item .pics { display: flex; gap: 8px; align-items: flex-start; }
-.item .pics img.crop { max-width: 34%; max-height: 200px; object-fit: contain;
-                       background: #000; }
-.item .pics img.contour { max-width: 64%; max-height: 200px; object-fit: contain; }
-.item img.strip { width: 100%; margin-top: 8px; }
-.item dl { margin: 8px 0 0; display: grid; grid-template-columns: 64px 1fr; gap: 4px 8px; }
-.item dt { color: var(--muted); font-size: 12px; } .item dd { margin: 0; font-size: 13px; }
-.item dd .w { color: var(--muted); font-size: 11.5px; }
-.note { color: var(--muted); font-size: 12.5px; margin: 6px 0 0; }
-@media (max-width: 900px) { .row { grid-template-columns: 1fr; } }
-"""
+@dataclass
+class Table:
+    """Headers and rows of plain strings; ``numeric`` columns are right-aligned."""
+
+    headers: list[str]
+    rows: list[list[str]]
+    numeric: set[int]
 
 
-def _card(value: str, label: str, cls: str = "") -> str:
-    return f'<div class="card {cls}"><div class="v">{_e(value)}</div>' \
-           f'<div class="l">{_e(label)}</div></div>'
-
-
-def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
-    head = "".join(f'<th class="n">{_e(h)}</th>' if i in numeric else f"<th>{_e(h)}</th>"
-                   for i, h in enumerate(headers))
-    body = "".join(
-        "<tr>" + "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
-                         for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _gallery_html(items: list[GalleryItem], long_choice: str) -> str:
-    parts = []
-    for it in items:
-        r = it.row
-        title = f"{r['video_id']} · {r['masklet_type']} #{r['masklet_id']} · " \
-                f"{r['size_bucket'] or '?'} · frame {r['max_area_frame']}"
-        long = compose_long(long_choice, r["object_caption"], r["scene_caption"],
-                            r["video_caption"])
-        dl = "".join(
-            f"<dt>{name}</dt><dd>{_e(text)} <span class=\"w\">({words(text)} words)</span></dd>"
-            for name, text in (("object", r["object_caption"]), ("scene", r["scene_caption"]),
-                               ("video", r["video_caption"])))
-        alt = _e(f"{r['video_id']} {r['masklet_type']} {r['masklet_id']}")
-        parts.append(
-            f'<div class="item" data-key="{alt}"><h3>{_e(title)}</h3>'
-            f'<div class="pics"><img class="crop" src="{_e(it.crop)}" alt="crop {alt}">'
-            f'<img class="contour" src="{_e(it.contour)}" alt="contour {alt}"></div>'
-            f'<img class="strip" src="{_e(it.strip)}" alt="8 sampled frames {alt}">'
-            f"<dl>{dl}<dt>long</dt><dd><span class=\"w\">= {_e(long_choice)} caption, "
-            f"{words(long)} words</span></dd></dl></div>")
-    return "\n".join(parts)
+def gallery_view(item: GalleryItem, long_choice: str) -> dict[str, Any]:
+    """What the page shows of one gallery item."""
+    r = item.row
+    long = compose_long(long_choice, r["object_caption"], r["scene_caption"], r["video_caption"])
+    return {
+        "key": f"{r['video_id']} {r['masklet_type']} {r['masklet_id']}",
+        "title": f"{r['video_id']} · {r['masklet_type']} #{r['masklet_id']} · "
+                 f"{r['size_bucket'] or '?'} · frame {r['max_area_frame']}",
+        "crop": item.crop, "contour": item.contour, "strip": item.strip,
+        "captions": [(name, text, words(text)) for name, text in (
+            ("object", r["object_caption"]), ("scene", r["scene_caption"]),
+            ("video", r["video_caption"]))],
+        "long_words": words(long),
+    }
 
 
 def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
@@ -405,96 +309,54 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
     items, gallery_problems = render_gallery(pick_gallery(df, gallery_size),
                                              Path(plan.sav_root), cfg, img)
 
-    cards = "".join([
-        _card(f"{n}", f"rows ({df['video_id'].nunique()} of {plan.num_videos} videos)"),
+    cards = [  # value, label, class
+        (f"{n}", f"rows ({df['video_id'].nunique()} of {plan.num_videos} videos)", ""),
         # green only when most rows are ok: "0.0% ok" is a failure, drawn as one
-        _card(pct("ok"), f"ok ({counts.get('ok', 0)})",
-              "ok" if n and counts.get("ok", 0) / n > 0.5 else "bad"),
-        _card(pct("rejected_inconsistent"),
-              f"rejected by judge ({counts.get('rejected_inconsistent', 0)})", "warn"),
-        _card(pct("failed"), f"failed ({counts.get('failed', 0)})", "bad"),
-        _card(_fmt(mean_long, 1), f"mean words, long expression (Ref-SAV {REFSAV_MEAN_WORDS})"),
-        _card(f"{len(markers)}/{len(plan.shards)}", "shards finished"),
-        _card(f"{n / span * 60:.1f}" if span > 0 else "–", "rows per minute (wall)"),
-        _card(f"{(ptok + ctok) / 1e3:.1f}k", "tokens (prompt + completion)"),
-    ])
+        (pct("ok"), f"ok ({counts.get('ok', 0)})",
+         "ok" if n and counts.get("ok", 0) / n > 0.5 else "bad"),
+        (pct("rejected_inconsistent"),
+         f"rejected by judge ({counts.get('rejected_inconsistent', 0)})", "warn"),
+        (pct("failed"), f"failed ({counts.get('failed', 0)})", "bad"),
+        (_fmt(mean_long, 1), f"mean words, long expression (Ref-SAV {REFSAV_MEAN_WORDS})", ""),
+        (f"{len(markers)}/{len(plan.shards)}", "shards finished", ""),
+        (f"{n / span * 60:.1f}" if span > 0 else "–", "rows per minute (wall)", ""),
+        (f"{(ptok + ctok) / 1e3:.1f}k", "tokens (prompt + completion)", ""),
+    ]
     kinds = kind_table(df)
-    kinds_html = _table(["kind", "rows", "videos", "example"],
-                        [[_e(k["kind"]), str(k["rows"]), str(k["videos"]), _e(k["example"])]
-                         for k in kinds], {1, 2}) if kinds else \
-        '<p class="note">No rejected or failed rows.</p>'
     lat = latency_table(df)
-    lat_html = _table(["stage", "calls", "mean s", "p50 s", "p95 s", "model-seconds", "share",
+    model_seconds = sum(r["total"] for r in lat)
+    page = render(
+        "report.html", run_name=out_dir.name, run_path=str(out_dir.resolve()), plan=plan,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        cards=cards, plots=plots, long_choice=long_choice,
+        refsav_mean_words=REFSAV_MEAN_WORDS,
+        kinds=Table(["kind", "rows", "videos", "example"],
+                    [[k["kind"], str(k["rows"]), str(k["videos"]), str(k["example"])]
+                     for k in kinds], {1, 2}),
+        lengths=Table(["caption", "mean words", "median", "empty"],
+                      [[c.replace("_", " "),
+                        _fmt(ok[c + "_words"].mean() if len(ok) else None, 1),
+                        _fmt(ok[c + "_words"].median() if len(ok) else None, 0),
+                        str(int((ok[c].fillna("") == "").sum()))] for c in CAPTIONS],
+                      {1, 2, 3}),
+        masklets=Table(["type", "size bucket", "masklets", "ok", "ok rate"], masklet_table(df),
+                       {2, 3, 4}) if n else None,
+        latency=Table(["stage", "calls", "mean s", "p50 s", "p95 s", "model-seconds", "share",
                        "prompt tok", "completion tok"],
-                      [[_e(r["stage"]), str(r["calls"]), _fmt(r["mean"]), _fmt(r["p50"]),
+                      [[r["stage"], str(r["calls"]), _fmt(r["mean"]), _fmt(r["p50"]),
                         _fmt(r["p95"]), _fmt(r["total"], 1), f"{100 * r['share']:.0f}%",
                         f"{r['prompt_tokens']:,}", f"{r['completion_tokens']:,}"]
-                       for r in lat], {1, 2, 3, 4, 5, 6, 7, 8})
-    model_seconds = sum(r["total"] for r in lat)
-    tok_rows = [
-        ["prompt tokens", f"{ptok:,}", _fmt(ptok / len(ok), 0) if len(ok) else "–"],
-        ["completion tokens", f"{ctok:,}", _fmt(ctok / len(ok), 0) if len(ok) else "–"],
-        ["completion tokens per model-second",
-         _fmt(ctok / model_seconds, 1) if model_seconds else "–", ""],
-        ["model calls (from shard markers)", f"{calls:,}", ""],
-        ["answered from the request cache", f"{cached:,}", ""],
-    ]
-    tok_html = _table(["", "total", "per ok row"], [[_e(c) for c in r] for r in tok_rows], {1, 2})
-    length_rows = [[_e(c.replace("_", " ")), _fmt(ok[c + "_words"].mean() if len(ok) else None, 1),
-                    _fmt(ok[c + "_words"].median() if len(ok) else None, 0),
-                    str(int((ok[c].fillna("") == "").sum()))] for c in CAPTIONS]
-    masklet_html = _table(["type", "size bucket", "masklets", "ok", "ok rate"],
-                          masklet_table(df), {2, 3, 4}) if n else ""
-    length_html = _table(["caption", "mean words", "median", "empty"], length_rows, {1, 2, 3})
-
-    def fig(key: str, alt: str) -> str:
-        return f'<img src="{_e(plots[key])}" alt="{_e(alt)}">' if plots[key] else \
-            '<p class="note">No data.</p>'
-
-    gallery_note = "".join(f'<p class="note">{_e(p)}</p>' for p in gallery_problems)
-    created = datetime.now(UTC).isoformat(timespec="seconds")
-    page = f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>Ref-SAV run report · {_e(out_dir.name)}</title><style>{CSS}</style></head>
-<body><main>
-<h1>Ref-SAV run report</h1>
-<div class="sub">run <b>{_e(out_dir.resolve())}</b> · SA-V root {_e(plan.sav_root)} ·
-config {_e(plan.config_fingerprint)} · pipeline {_e(plan.pipeline_version)} ·
-planned {_e(plan.created)} · report {_e(created)}</div>
-<div class="cards" id="cards">{cards}</div>
-
-<h2>What went wrong</h2>
-<div class="row"><div class="panel">{fig("status", "rows by status")}</div>
-<div class="panel">{kinds_html}</div></div>
-
-<h2>Caption lengths</h2>
-<div class="panel" id="lengths">{fig("lengths", "caption length histograms")}
-<p class="note">Red line: the published Ref-SAV average expression length
-({REFSAV_MEAN_WORDS} words). The long expression is the <b>{_e(long_choice)}</b> caption
-(config <code>export.long_expression</code>).</p>{length_html}</div>
-
-<h2>Masklets</h2>
-<div class="row"><div class="panel">{fig("masklets", "masklets by type and size")}</div>
-<div class="panel">{masklet_html}<p class="note">Size buckets are SA-V's (small &lt; 32²,
-medium &lt; 96² pixels of mean visible area). Bars are stacked by row status, so a bucket
-that fails more than the others stands out.</p></div></div>
-
-<h2>Throughput and tokens</h2>
-<div class="row"><div class="panel">{fig("latency", "latency per stage")}{lat_html}</div>
-<div class="panel">{tok_html}<p class="note">Latency and tokens are recorded per call (the
-stage table on the left); totals here. Wall-clock rate spans the first shard start to the last
-shard finish.</p></div></div>
-
-<h2>Samples</h2>
-<p class="note">The images the models saw: object crop (max-area frame), yellow contour (same
-frame) and the 8 sampled frames with their boxes. {len(items)} ok rows, picked round-robin over
-videos.</p>{gallery_note}
-<div class="gallery" id="gallery">
-{_gallery_html(items, long_choice)}
-</div>
-</main></body></html>
-"""
+                       for r in lat], {1, 2, 3, 4, 5, 6, 7, 8}),
+        tokens=Table(["", "total", "per ok row"], [
+            ["prompt tokens", f"{ptok:,}", _fmt(ptok / len(ok), 0) if len(ok) else "–"],
+            ["completion tokens", f"{ctok:,}", _fmt(ctok / len(ok), 0) if len(ok) else "–"],
+            ["completion tokens per model-second",
+             _fmt(ctok / model_seconds, 1) if model_seconds else "–", ""],
+            ["model calls (from shard markers)", f"{calls:,}", ""],
+            ["answered from the request cache", f"{cached:,}", ""],
+        ], {1, 2}),
+        gallery=[gallery_view(it, long_choice) for it in items],
+        gallery_problems=gallery_problems)
     path = report / "index.html"
     path.write_text(page, encoding="utf-8")
     (report / "summary.json").write_text(json.dumps({

@@ -129,14 +129,57 @@ def entry_key(video_id: str, masklet_type: str) -> str:
     return video_id if masklet_type == "manual" else f"{video_id}_{masklet_type}"
 
 
+@dataclass
+class TrainRows:
+    """The ``ok`` rows that may be trained on, and what was held out of train."""
+
+    rows: list[dict[str, Any]]  # sorted by video, masklet type, masklet index
+    ok_rows: int = 0
+    excluded_benchmark: int = 0
+    excluded_chunks: list[str] = field(default_factory=list)
+    excluded_chunk_rows: int = 0
+
+
+def train_rows(out_dir: str | Path, exclude_chunks: list[str] | None = None) -> TrainRows:
+    """The ``ok`` rows of videos outside the benchmark: every export's train split.
+
+    Left out: benchmark videos and reviewed videos (even if the selection file were to lose
+    them), videos of ``exclude_chunks`` and of the chunks the benchmark was selected from.
+    """
+    excluded = benchmark_video_ids(out_dir) | {s.video_id for s in _validated_or_empty(out_dir)}
+    chunks = sorted(set(exclude_chunks or []) | set(benchmark_chunks(out_dir)))
+    rows = [r for r in read_rows(out_dir).to_pylist() if r["status"] == "ok"]
+    rows.sort(key=lambda r: (r["video_id"], r["masklet_type"], r["masklet_index"]))
+    result = TrainRows(rows=[], ok_rows=len(rows), excluded_chunks=chunks)
+    for r in rows:
+        if r["video_id"] in excluded:
+            result.excluded_benchmark += 1
+        elif chunk_of(r["video_path"]) in chunks:
+            result.excluded_chunk_rows += 1
+        else:
+            result.rows.append(r)
+    return result
+
+
+def benchmark_rows(out_dir: str | Path) -> list[tuple[ValidatedSample, dict[str, Any]]]:
+    """Each reviewed sample (sorted by key) with its run row: every export's benchmark split.
+    A sample without a row is a ``ValueError``."""
+    samples = _validated(out_dir)
+    rows = {(r["video_id"], r["masklet_type"], r["masklet_id"]): r
+            for r in read_rows(out_dir).to_pylist()}
+    unknown = [s.key for s in samples if s.key not in rows]
+    if unknown:
+        raise ValueError(f"{len(unknown)} validated samples have no row in {out_dir}: "
+                         f"{unknown[:5]}")
+    return [(s, rows[s.key]) for s in samples]
+
+
 def export_train(out_dir: str | Path, dest: str | Path | Layout,
                  cfg: ExportConfig | None = None,
                  exclude_chunks: list[str] | None = None) -> TrainExport:
-    """``Ref-SAV.json`` from the ``ok`` rows of videos outside the benchmark.
-
-    Left out: benchmark (and reviewed) videos; videos of ``exclude_chunks`` and of the chunks
-    the benchmark was selected from; entries whose frames do not match their masklet.
-    ``dest`` is a folder (flat layout) or a ``Layout`` (the file under each of its names).
+    """``Ref-SAV.json`` from the ``train_rows``, less entries whose frames do not match their
+    masklet. ``dest`` is a folder (flat layout) or a ``Layout`` (the file under each of its
+    names).
     """
     cfg = cfg or ExportConfig()
     out_dir = Path(out_dir)
@@ -145,21 +188,14 @@ def export_train(out_dir: str | Path, dest: str | Path | Layout,
     guard_train_files(layout)  # first: a refusal leaves nothing half-written
     if layout.sav_link is not None:
         link_sav_root(layout.sav_link, sav_root)
-    # Reviewed videos are benchmark videos even if the selection file were to lose them.
-    excluded = benchmark_video_ids(out_dir) | {s.video_id for s in _validated_or_empty(out_dir)}
-    chunks = sorted(set(exclude_chunks or []) | set(benchmark_chunks(out_dir)))
-    rows = [r for r in read_rows(out_dir).to_pylist() if r["status"] == "ok"]
-    rows.sort(key=lambda r: (r["video_id"], r["masklet_type"], r["masklet_index"]))
-    result = TrainExport(path=layout.train_file, ok_rows=len(rows), excluded_chunks=chunks,
+    split = train_rows(out_dir, exclude_chunks)
+    result = TrainExport(path=layout.train_file, ok_rows=split.ok_rows,
+                         excluded_benchmark=split.excluded_benchmark,
+                         excluded_chunks=split.excluded_chunks,
+                         excluded_chunk_rows=split.excluded_chunk_rows,
                          also_written=list(layout.train_files[1:]))
     entries: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["video_id"] in excluded:
-            result.excluded_benchmark += 1
-            continue
-        if chunk_of(r["video_path"]) in chunks:
-            result.excluded_chunk_rows += 1
-            continue
+    for r in split.rows:
         text = compose_long(cfg.long_expression, r["object_caption"], r["scene_caption"],
                             r["video_caption"])
         if text is None:
@@ -237,13 +273,9 @@ def export_benchmark(out_dir: str | Path, dest: str | Path, cfg: ExportConfig | 
     cfg = cfg or ExportConfig()
     out_dir, dest = Path(out_dir), Path(dest)
     sav_root = Path(load_plan(out_dir).sav_root)
-    samples = _validated(out_dir)
-    rows = {(r["video_id"], r["masklet_type"], r["masklet_id"]): r
-            for r in read_rows(out_dir).to_pylist()}
-    unknown = [s.key for s in samples if s.key not in rows]
-    if unknown:
-        raise ValueError(f"{len(unknown)} validated samples have no row in {out_dir}: "
-                         f"{unknown[:5]}")
+    pairs = benchmark_rows(out_dir)
+    samples = [s for s, _ in pairs]
+    rows = {s.key: r for s, r in pairs}
     bench = dest / BENCH_DIR
     _prepare_bench_dir(bench)
     result = BenchmarkExport(dir=bench)

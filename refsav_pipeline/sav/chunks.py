@@ -45,3 +45,19 @@ def parse_chunks(spec: str) -> list[str]:
     if not chunks:
         raise ValueError(f"{spec!r} names no chunk")
     return sorted(chunks)
+
+
+def format_chunks(chunks: list[str]) -> str:
+    """The inverse of ``parse_chunks``: ``["sav_000", "sav_001", "sav_002", "sav_010"]`` →
+    ``"sav_000-sav_002,sav_010"`` (consecutive chunks of one series as a range)."""
+    keyed = sorted({(m["prefix"], len(m["number"]), int(m["number"])): c
+                    for c in chunks if (m := _CHUNK.match(c))}.items())
+    ranges: list[list[str]] = []
+    last: tuple[str, int, int] | None = None
+    for (prefix, width, number), name in keyed:
+        if last == (prefix, width, number - 1):
+            ranges[-1][1] = name
+        else:
+            ranges.append([name, name])
+        last = (prefix, width, number)
+    return ",".join(a if a == b else f"{a}-{b}" for a, b in ranges)
