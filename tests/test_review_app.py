@@ -647,3 +647,50 @@ def test_one_screen_layout_queue_keys_and_unmarked_gold(synth_root: Path, browse
         narrow.close()
     finally:
         demo.close()
+
+
+def test_two_reviewers_in_two_tabs_race_and_disagree(synth_root: Path, browser: Browser,
+                                                     tmp_path: Path) -> None:
+    """Two reviewers, two real pages: on a single-review sample the later decision counts
+    and the earlier reviewer is told on their next action; on a double-review sample they
+    disagree, and both are told that an adjudicator decides."""
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    samples = [s.model_copy(update={"double_review": i == 1}) for i, s in enumerate(samples)]
+    write_selection(out, samples, seed=0, count=50, force=True)
+    s0, s1 = load_benchmark(out)[:2]
+    users = out / "users.txt"
+    for name in ("alice", "bob"):
+        add_user(users, name, f"{name}-pw", iterations=1000)
+    port = free_port()
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        with reviewer_page(browser, url, "alice") as alice, \
+                reviewer_page(browser, url, "bob") as bob:
+            assert shown_key(alice) == shown_key(bob) == s0.key  # both opened s0
+            press(alice, "a")
+            wait_notice(alice, r"Saved: accept")
+            settle(bob)
+            press(bob, "2")
+            press(bob, "r")
+            assert "Yours is the latest and counts" in wait_notice(bob, r"Conflict")
+            # alice hears of it with her next action, on s1 (double review)
+            settle(alice)
+            assert shown_key(alice) == s1.key
+            press(alice, "a")
+            told = wait_notice(alice, r"Meanwhile")
+            assert "bob's later reject" in told and "theirs counts" in told
+            settle(bob)
+            assert shown_key(bob) == s1.key
+            press(bob, "2")
+            press(bob, "r")
+            assert "waits for an adjudicator" in wait_notice(bob, r"adjudicator")
+            settle(alice)
+            press(alice, "k")
+            told = wait_notice(alice, r"an adjudicator decides")
+            assert "bob decided" in told and "differently from your accept" in told
+    finally:
+        demo.close()
