@@ -568,3 +568,129 @@ def test_an_ended_session_says_so_and_keeps_the_text(served: tuple[str, Path],
         assert rows(out)[-1]["edited_video_caption"] == text
     finally:
         context.close()
+
+
+def _axe_serious(page: Page) -> list:
+    page.add_script_tag(path=str(_axe_path()))
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    return [(v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
+            for v in result["violations"] if v["impact"] in ("critical", "serious")]
+
+
+def test_one_screen_layout_queue_keys_and_unmarked_gold(synth_root: Path, browser: Browser,
+                                                        tmp_path: Path) -> None:
+    """At 1280x720 the decision buttons, the image and the three captions are on screen
+    without scrolling; at 420 px the captions follow the image; axe finds nothing serious at
+    either. J/K move in the reviewer's own queue. A gold sample mixed into the queue looks
+    like any undecided sample."""
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    gold = samples[-1]
+    store = DecisionStore.for_run(out)
+    store.record(NewDecision(video_id=gold.video_id, masklet_type=gold.masklet_type,
+                             masklet_id=gold.masklet_id, sample_version=gold.sample_version,
+                             reviewer="judy", action="reject", reason=REJECT_REASONS[1]))
+    store.mark_gold(gold.key, gold.sample_version, "judy")
+    users = out / "users.txt"
+    add_user(users, "ivy", "ivy-pw", iterations=1000)
+    port = free_port()
+    demo = ReviewApp(out, users, gold_rate=1.0).launch("127.0.0.1", port,
+                                                       prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        page = browser.new_page(viewport={"width": 1280, "height": 720})
+        login(page, url, "ivy")
+        settle(page)
+        assert page.evaluate("() => window.scrollY") == 0
+        for sel in ("#rv-accept", "#rv-edit", "#rv-reject", "#rv-skip", "#rv-frame img",
+                    "#rv-object textarea", "#rv-scene textarea", "#rv-video textarea"):
+            box = page.locator(sel).bounding_box()
+            assert box and box["height"] > 10, sel
+            assert box["y"] >= 0 and box["y"] + box["height"] <= 720, (sel, box)
+            assert box["x"] >= 0 and box["x"] + box["width"] <= 1280, (sel, box)
+        assert not _axe_serious(page)
+        # J / K in "pending (my queue)"
+        first = shown_key(page)
+        press(page, "j")
+        expect(page.locator("#rv-banner")).not_to_contain_text(f"{first[0]} · {first[1]} "
+                                                               f"masklet {first[2]}")
+        second = shown_key(page)
+        assert second != first and store.lease_holder(second) == "ivy"
+        settle(page)
+        press(page, "k")
+        expect(page.locator("#rv-banner")).to_contain_text(f"masklet {first[2]}")
+        assert shown_key(page) == first and store.lease_holder(first) == "ivy"
+        settle(page)
+        # a decision in the queue; at rate 1 the next sample is the gold one, unmarked
+        press(page, "a")
+        wait_notice(page, r"Saved: accept")
+        assert shown_key(page) == gold.key
+        expect(page.locator("#rv-banner")).to_contain_text("Status: pending (decided by "
+                                                           "nobody yet)")
+        for sel in ("#rv-banner", "#rv-history", "#rv-mine"):
+            text = page.locator(sel).inner_text()
+            assert "gold" not in text.lower() and "judy" not in text, (sel, text)
+        expect(page.locator("#rv-gold")).to_have_count(0)
+        page.close()
+
+        narrow = browser.new_page(viewport={"width": 420, "height": 800})
+        login(narrow, url, "ivy")
+        settle(narrow)
+        image = narrow.locator("#rv-frame img").bounding_box()
+        caption = narrow.locator("#rv-object textarea").bounding_box()
+        assert image and caption and image["x"] + image["width"] <= 420
+        gap = caption["y"] - (image["y"] + image["height"])
+        assert 0 <= gap < 80, f"the first caption starts {gap:.0f} px below the image"
+        assert not _axe_serious(narrow)
+        narrow.close()
+    finally:
+        demo.close()
+
+
+def test_two_reviewers_in_two_tabs_race_and_disagree(synth_root: Path, browser: Browser,
+                                                     tmp_path: Path) -> None:
+    """Two reviewers, two real pages: on a single-review sample the later decision counts
+    and the earlier reviewer is told on their next action; on a double-review sample they
+    disagree, and both are told that an adjudicator decides."""
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    samples = select_and_write(out, count=50, seed=0, double_review=0.0)
+    samples = [s.model_copy(update={"double_review": i == 1}) for i, s in enumerate(samples)]
+    write_selection(out, samples, seed=0, count=50, force=True)
+    s0, s1 = load_benchmark(out)[:2]
+    users = out / "users.txt"
+    for name in ("alice", "bob"):
+        add_user(users, name, f"{name}-pw", iterations=1000)
+    port = free_port()
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True, quiet=True)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url)
+        with reviewer_page(browser, url, "alice") as alice, \
+                reviewer_page(browser, url, "bob") as bob:
+            assert shown_key(alice) == shown_key(bob) == s0.key  # both opened s0
+            press(alice, "a")
+            wait_notice(alice, r"Saved: accept")
+            settle(bob)
+            press(bob, "2")
+            press(bob, "r")
+            assert "Yours is the latest and counts" in wait_notice(bob, r"Conflict")
+            # alice hears of it with her next action, on s1 (double review)
+            settle(alice)
+            assert shown_key(alice) == s1.key
+            press(alice, "a")
+            told = wait_notice(alice, r"Meanwhile")
+            assert "bob's later reject" in told and "theirs counts" in told
+            settle(bob)
+            assert shown_key(bob) == s1.key
+            press(bob, "2")
+            press(bob, "r")
+            assert "waits for an adjudicator" in wait_notice(bob, r"adjudicator")
+            settle(alice)
+            press(alice, "k")
+            told = wait_notice(alice, r"an adjudicator decides")
+            assert "bob decided" in told and "differently from your accept" in told
+    finally:
+        demo.close()

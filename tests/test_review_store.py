@@ -155,14 +155,24 @@ def test_kappa_hand_computed(tmp_path: Path) -> None:
 
 
 def test_throughput_over_active_time(run) -> None:
+    """Gaps over the idle threshold count nothing; a burst of keys is not a rate."""
     out, samples = run
     store = DecisionStore.for_run(out)
-    for s, t in zip(samples, (0.0, 60.0, 120.0, 2000.0), strict=False):
+    for s, t in zip(samples, (0.0, 60.0, 120.0, 2000.0, 2000.5, 2001.0), strict=False):
         store.record(decision(s, "alice", "accept"), now=t)
     (alice,) = throughput(store.decisions())
-    # gaps 60 + 60 + 1880 capped at 300 = 420 s; 3 decisions after the first
-    assert alice.decisions == 4 and alice.active_hours == pytest.approx(420 / 3600, abs=1e-4)
-    assert alice.per_hour == pytest.approx(3 / (420 / 3600), abs=0.01)
+    # gaps 60, 60, (1880: a break, and the decision after it starts anew), 0.5, 0.5 = 121 s
+    assert alice.decisions == 6 and alice.active_hours == pytest.approx(121 / 3600, abs=1e-4)
+    assert alice.per_hour is None  # 121 s of work is under the 10 min a rate needs
+    # 15 more minutes at one decision a minute: now a rate, over active time only
+    for i, s in enumerate(samples[6:] * 3):
+        store.record(decision(s, "alice", "skip"), now=2001.0 + 60 * (i + 1))
+    n = len(samples[6:] * 3)
+    (alice,) = throughput(store.decisions())
+    active = 121 + 60 * n
+    assert alice.active_hours == pytest.approx(active / 3600, abs=1e-4)
+    assert alice.per_hour == pytest.approx((4 + n) / (active / 3600), abs=0.01)
+    assert alice.per_hour < 70  # not thousands per hour for a burst of keys
 
 
 def test_export_validated_and_stats_cli(run) -> None:

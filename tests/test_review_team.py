@@ -17,7 +17,14 @@ from typer.testing import CliRunner
 from refsav_pipeline.cli import app
 from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.review import users as users_mod
-from refsav_pipeline.review.actions import ADJUDICATION, Form, Refusal, ReviewActions, Screen
+from refsav_pipeline.review.actions import (
+    ADJUDICATION,
+    REJECT_REASONS,
+    Form,
+    Refusal,
+    ReviewActions,
+    Screen,
+)
 from refsav_pipeline.review.app import ReviewApp, wait_until_up
 from refsav_pipeline.review.consensus import consensus
 from refsav_pipeline.review.export import export_report, load_validated
@@ -28,7 +35,12 @@ from refsav_pipeline.review.select import (
     select_and_write,
     write_selection,
 )
-from refsav_pipeline.review.stats import agreement, krippendorff_alpha, review_stats
+from refsav_pipeline.review.stats import (
+    agreement,
+    krippendorff_alpha,
+    review_stats,
+    wilson_interval,
+)
 from refsav_pipeline.review.store import Decision, DecisionStore, NewDecision, Settled
 from refsav_pipeline.review.users import add_user, make_auth, read_accounts, role_of
 from refsav_pipeline.review.view import shown_token
@@ -389,3 +401,168 @@ def test_racing_reviewers_the_one_that_does_not_count_is_told(team) -> None:
             assert "waits for an adjudicator" in second.notice[1]
             assert "differently from your accept" in later.notice[1]
         assert actions.move("a", "alice", +1).notice is None  # told once
+
+
+def test_next_and_previous_in_my_queue(team) -> None:
+    """Next leases the queue's next sample (never the one on screen again), Previous goes
+    back and re-leases a sample still waiting; with nowhere to go, a notice says so."""
+    out, users, samples = team
+    store = DecisionStore.for_run(out)
+    actions = ReviewActions(out, users)
+    first = actions.open("a", "alice")
+    assert first.view is not None and first.flt == "pending (my queue)"
+    a = first.view.key
+    seen = [a]
+    for _ in range(2):
+        screen = actions.move("a", "alice", +1)
+        assert screen.view is not None and screen.view.key not in seen and screen.notice is None
+        seen.append(screen.view.key)
+    assert [store.lease_holder(k) for k in seen] == [None, None, "alice"]  # one lease
+    back = actions.move("a", "alice", -1)
+    assert back.view is not None and back.view.key == seen[1]
+    assert store.lease_holder(seen[1]) == "alice" and store.lease_holder(seen[2]) is None
+    actions.move("a", "alice", -1)
+    start = actions.move("a", "alice", -1)
+    assert start.view is not None and start.view.key == a
+    assert start.notice == ("warn", "No earlier sample in this tab's history.")
+    # bob is never handed what alice holds
+    bob = actions.open("b", "bob")
+    assert bob.view is not None and bob.view.key != a
+    # a queue of one: Next stays, and says so
+    for s in samples[1:]:
+        for who in ("bob", "judy"):
+            store.record(decision(s, who, "accept"))
+    actions.open("a", "alice")
+    only = actions.move("a", "alice", +1)
+    assert only.view is not None and only.view.key == samples[0].key
+    assert only.notice == ("warn", "No other sample in your queue.")
+
+
+def test_stats_progress_counts_as_the_export(team) -> None:
+    """A disputed sample is neither accepted nor rejected in `review stats` or the page,
+    as in the export: it awaits adjudication."""
+    out, users, samples = team
+    s0, s1, s5, s6 = samples[0], samples[1], samples[5], samples[6]
+    store = DecisionStore.for_run(out)
+    store.record(decision(s0, "alice", "edit_accept", edited_video_caption="Alice's text."))
+    store.record(decision(s0, "bob", "accept"))  # accepted texts differ: disputed, latest accept
+    store.record(decision(s1, "alice", "accept"))
+    store.record(decision(s1, "bob", "reject", reason="other"))  # disputed, latest reject
+    store.record(decision(s5, "alice", "accept"))
+    store.record(decision(s6, "alice", "reject", reason="other", short_expression="the box"))
+    _, rows, _, awaiting = export_report(out)
+    p = review_stats(out).progress
+    assert awaiting == p.disputed == 2
+    assert p.accepted == sum(r.long_accepted for r in rows) == 1
+    assert p.rejected == sum(not r.long_accepted for r in rows) == 1
+    assert p.done == 4
+    text = CliRunner().invoke(app, ["review", "stats", "--out", str(out)]).output
+    assert "accepted 1, rejected 1, awaiting adjudication 2" in text
+    page = ReviewActions(out, users).open("a", "alice", "all")
+    assert "1 accepted, 1 rejected, 2 awaiting adjudication" in page.progress
+
+
+def test_gold_checks_mixed_in_unmarked_and_scored(team) -> None:
+    """An adjudicator marks gold from their own decision; reviewers get gold samples in their
+    queue looking undecided; their answers never count for the sample, only for accuracy."""
+    out, users, samples = team
+    store = DecisionStore.for_run(out)
+    gold_a, gold_r = samples[5], samples[6]
+    actions = ReviewActions(out, users, gold_rate=1.0)
+    judy = _open_at(actions, "j", "judy", gold_a.key)
+    refused = actions.mark_gold("j", "judy")  # no decision of hers yet: no known answer
+    assert isinstance(refused, Refusal) and "accept or reject this sample first" in (
+        refused.message)
+    actions.decide("j", "judy", "accept", shown(judy), Form(**judy.view.texts))
+    _open_at(actions, "j", "judy", gold_a.key)
+    marked = actions.mark_gold("j", "judy")
+    assert isinstance(marked, Screen) and "known answer accept" in marked.notice[1]
+    assert marked.gold_button == "Unmark gold" and "★ Gold sample" in marked.view.banner
+    judy = _open_at(actions, "j", "judy", gold_r.key)
+    actions.decide("j", "judy", "reject", shown(judy), Form(**judy.view.texts,
+                                                             reason=REJECT_REASONS[2]))
+    _open_at(actions, "j", "judy", gold_r.key)
+    marked = actions.mark_gold("j", "judy")
+    assert f"known answer reject ({REJECT_REASONS[2]})" in marked.notice[1]
+    assert set(store.gold()) == {gold_a.key, gold_r.key}
+    assert isinstance(actions.mark_gold("a", "alice"), Refusal)  # reviewers cannot mark
+    conn = sqlite3.connect(store.path)
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        conn.execute("UPDATE gold_marks SET active = 0")
+    conn.close()
+
+    before = {st.key: st.status for st in store.states()}
+    _, rows_before, _, _ = export_report(out)
+    # alice: rate 1, so after each decision in her queue comes a gold sample, unmarked
+    screen = actions.open("a", "alice")
+    assert "gold" not in " ".join(screen.filters).lower()
+    checks = []
+    for _ in range(3):
+        assert screen.view is not None
+        if screen.view.key in (gold_a.key, gold_r.key):
+            v = screen.view
+            checks.append(v.key)
+            assert "Gold" not in v.banner and "★" not in v.banner and "judy" not in v.banner
+            assert "Status: <b>pending</b> (decided by nobody yet)" in v.banner
+            assert "No decisions on this sample yet" in v.history and not v.mine
+            assert screen.gold_button is None
+            sample = gold_a if v.key == gold_a.key else gold_r
+            assert v.texts == {f: getattr(sample, f) for f in v.texts}
+            # alice rejects both: right on one, wrong on the other
+            screen = actions.decide("a", "alice", "reject", shown(screen),
+                                    Form(**v.texts, reason="other"))
+            assert screen.notice == ("ok", screen.notice[1]) and "Saved: reject" in (
+                screen.notice[1])
+        else:
+            screen = actions.decide("a", "alice", "accept", shown(screen),
+                                    Form(**screen.view.texts))
+    assert sorted(checks) == sorted([gold_a.key, gold_r.key])
+    answers = [d for d in store.decisions() if d.gold_check]
+    assert [d.reviewer for d in answers] == ["alice", "alice"]
+    # the samples themselves are untouched: states and export as before
+    after = {st.key: st.status for st in store.states()}
+    assert all(after[k] == before[k] for k in checks)
+    _, rows_after, _, _ = export_report(out)
+    assert {r.key: r.long_accepted for r in rows_after if r.key in checks} == {
+        r.key: r.long_accepted for r in rows_before if r.key in checks}
+    # gold samples are not in a reviewer's filters; an adjudicator sees them
+    every = ReviewActions(out, users)
+    seen = {every.open("x", "alice", "all").view.key}
+    seen |= {every.move("x", "alice", +1).view.key for _ in range(len(samples))}
+    assert len(seen) == len(samples) - 2 and not seen & {gold_a.key, gold_r.key}
+    judy_all = {every.open("y", "judy", "all").view.key}
+    judy_all |= {every.move("y", "judy", +1).view.key for _ in range(len(samples))}
+    assert len(judy_all) == len(samples)
+    stats = {r.reviewer: r for r in review_stats(out).reviewers}
+    alice = stats["alice"]
+    assert (alice.gold_checks, alice.gold_correct, alice.gold_accuracy) == (2, 1, 0.5)
+    assert (alice.gold_low, alice.gold_high) == pytest.approx(wilson_interval(1, 2))
+    text = CliRunner().invoke(app, ["review", "stats", "--out", str(out)]).output
+    assert "1/2 50% (9%–91%)" in text
+    # unmarked: no longer gold, and the checks on it no longer score
+    _open_at(actions, "j", "judy", gold_r.key)
+    assert "Gold mark removed" in actions.mark_gold("j", "judy").notice[1]
+    assert set(store.gold()) == {gold_a.key}
+    assert {r.reviewer: r for r in review_stats(out).reviewers}["alice"].gold_checks == 1
+
+
+def test_wilson_interval_hand_computed() -> None:
+    assert wilson_interval(0, 0) is None
+    assert wilson_interval(8, 10) == pytest.approx((0.4902, 0.9433), abs=1e-4)
+    low, high = wilson_interval(10, 10)
+    assert high == 1.0 and low == pytest.approx(0.7225, abs=1e-4)
+
+
+def test_review_prints_one_line_of_its_own(team, capfd: pytest.CaptureFixture) -> None:
+    """Gradio's hints (share=True, ...) are silenced; our line gives the URL."""
+    out, users, _ = team
+    port = free_port()
+    demo = ReviewApp(out, users).launch("127.0.0.1", port, prevent_thread_lock=True)
+    try:
+        wait_until_up(f"http://127.0.0.1:{port}/")
+    finally:
+        demo.close()
+    printed = capfd.readouterr()
+    lines = [ln for ln in (printed.out + printed.err).splitlines() if ln.strip()]
+    assert lines[0] == f"Review app: http://127.0.0.1:{port}/ (Ctrl+C stops it)", lines
+    assert "share" not in printed.out + printed.err

@@ -5,10 +5,17 @@ action whose key is not the one this session has open (the page had not yet show
 sample when the key was pressed), or whose version is no longer current, is refused with a
 notice and records nothing. One session's actions run one at a time, and each computes the
 samples' states once, however many things on the page it feeds.
+
+Queue navigation: a reviewer in their queue holds one lease, on the sample on screen. Next
+drops it and leases the next sample of the queue (never the same one again); Previous goes
+back in the page's history and leases that sample if it still waits for this reviewer. Gold
+samples (known answers, marked by an adjudicator) are mixed into queues at ``gold_rate``; the
+page shows one as if nobody had decided it, and the answer is stored as a gold check.
 """
 
 from __future__ import annotations
 
+import random
 import threading
 from collections import defaultdict
 from pathlib import Path
@@ -23,6 +30,7 @@ from refsav_pipeline.review.consensus import (
     consensus,
     counts,
     current_decisions,
+    disputed_keys,
 )
 from refsav_pipeline.review.limits import first_too_long
 from refsav_pipeline.review.media import MediaCache, SampleMedia
@@ -33,6 +41,7 @@ from refsav_pipeline.review.store import (
     Decision,
     DecisionStore,
     NewDecision,
+    NotGold,
     SampleState,
     Settled,
 )
@@ -87,6 +96,7 @@ class Session(BaseModel):
     tint: bool = False
     render: int = 0
     seen_seq: int | None = None  # log position up to which others' decisions were reported
+    checks: list[SampleKey] = Field(default_factory=list)  # gold samples served as checks
 
 
 class Screen(BaseModel):
@@ -99,6 +109,7 @@ class Screen(BaseModel):
     flt: str
     notice: tuple[NoticeKind, str] | None
     render: int
+    gold_button: str | None = None  # the gold button's label (adjudicators only)
 
 
 class Refusal(BaseModel):
@@ -113,8 +124,12 @@ class ReviewActions:
     """The review of one run's benchmark selection, behind the page."""
 
     def __init__(self, out_dir: str | Path, users_file: str | Path | None = None,
-                 sav_root: str | Path | None = None, lease_seconds: float = LEASE_SECONDS
-                 ) -> None:
+                 sav_root: str | Path | None = None, lease_seconds: float = LEASE_SECONDS,
+                 gold_rate: float = 0.0, rng: random.Random | None = None) -> None:
+        if not 0.0 <= gold_rate <= 1.0:
+            raise ValueError(f"the gold rate is a fraction between 0 and 1, got {gold_rate}")
+        self.gold_rate = gold_rate
+        self.rng = rng or random.Random()
         self.out_dir = Path(out_dir)
         self.users_file = Path(users_file) if users_file else None
         self.samples = load_benchmark(out_dir)
@@ -130,6 +145,7 @@ class ReviewActions:
         self.lease_seconds = lease_seconds
         media_dir(out_dir).mkdir(parents=True, exist_ok=True)
         self._states: dict[SampleKey, SampleState] | None = None
+        self._disputed: set[SampleKey] = set()
         self._states_seq = 0
         self._states_lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
@@ -162,25 +178,39 @@ class ReviewActions:
             changed, latest = self.store.changed_since(self._states_seq)
             if self._states is None:
                 self._states = {st.key: st for st in self.store.states()}
+                self._disputed = disputed_keys(self.samples,
+                                               self.store.decisions(double_only=True))
             else:
                 for key in changed:
                     st = self.store.state(key)
                     if st is not None and key in self._states:
                         self._states[key] = st
+                    sample = self.by_key.get(key)
+                    if sample is not None and sample.double_review:
+                        self._disputed.discard(key)
+                        self._disputed |= disputed_keys([sample], self.store.decisions(key))
             self._states_seq = latest
             return list(self._states.values())
 
     # -- queues and filters --------------------------------------------------------------
 
     def disputed_keys(self) -> list[SampleKey]:
-        """Double-review samples whose reviewers disagree and no adjudicator has settled."""
-        by_key: dict[SampleKey, list] = defaultdict(list)
-        for d in self.store.decisions(double_only=True):
-            by_key[d.key].append(d)
-        return [s.key for s in self.samples if s.double_review and s.key in by_key
-                and consensus(s, by_key[s.key]).status == "disputed"]
+        """Double-review samples whose reviewers disagree and no adjudicator has settled, in
+        review order (as of the latest ``states``)."""
+        self.states()
+        return [s.key for s in self.samples if s.key in self._disputed]
 
     def _filtered(self, flt: str, reviewer: str, states: list[SampleState]) -> list[SampleKey]:
+        """The filter's samples; gold samples only for adjudicators (their answers would
+        be in plain view)."""
+        keys = self._matching(flt, reviewer, states)
+        if self.role(reviewer) == "adjudicator":
+            return keys
+        gold = self.store.gold()
+        return [k for k in keys if k not in gold]
+
+    def _matching(self, flt: str, reviewer: str, states: list[SampleState]
+                  ) -> list[SampleKey]:
         if flt == "accepted":
             keep = [s for s in states if s.status == "accepted"]
         elif flt == "rejected":
@@ -199,11 +229,14 @@ class ReviewActions:
             keep = states
         return [s.key for s in keep]
 
-    def _next_key(self, flt: str, reviewer: str, after: int) -> SampleKey | None:
-        """The next sample for this filter after review position ``after`` (wrapping)."""
+    def _next_key(self, flt: str, reviewer: str, after: int,
+                  leaving: SampleKey | None = None) -> SampleKey | None:
+        """The next sample for this filter after review position ``after`` (wrapping);
+        never ``leaving`` (the sample Next moves away from)."""
         if flt == QUEUE:
-            return self.store.claim_next(reviewer, after=after, ttl=self.lease_seconds)
-        keys = self._filtered(flt, reviewer, self.states())
+            return self.store.claim_next(reviewer, after=after, ttl=self.lease_seconds,
+                                         leaving=leaving)
+        keys = [k for k in self._filtered(flt, reviewer, self.states()) if k != leaving]
         later = [k for k in keys if self.by_key[k].position > after]
         return (later or keys or [None])[0]
 
@@ -225,28 +258,38 @@ class ReviewActions:
             text = " ".join([notice[1]] if notice else []) + " ⚠ Meanwhile: " + " ".join(news)
             notice = (kind, text.strip())
         sess.render += 1
-        base = dict(progress=progress_html(self.store.progress(reviewer, states), reviewer,
-                                           role),
-                    filters=self.filter_choices(role, states), flt=sess.flt, notice=notice,
-                    render=sess.render)
+        progress = self.store.progress(reviewer, states, self._disputed)
+        gold = self.store.gold() if role == "adjudicator" else {}
         key = sess.key
+        base = dict(progress=progress_html(progress, reviewer, role),
+                    filters=self.filter_choices(role, states), flt=sess.flt, notice=notice,
+                    render=sess.render,
+                    gold_button=None if role != "adjudicator" or key is None
+                    else "Unmark gold" if key in gold else "Mark as gold")
         if key is None:
             sess.version, sess.view, sess.texts, sess.adjudicating = None, None, {}, False
             empty = ("Nothing here: your queue is empty, thank you!" if sess.flt == QUEUE
                      else f"Nothing here: no sample matches '{sess.flt}'.")
             return Screen(view=None, empty_message=empty, **base)
         s = self.by_key[key]
-        decisions = self.store.decisions(key)
-        state = next((x for x in states if x.key == key), None)
+        check = key in sess.checks  # a gold check looks like a sample nobody has decided
+        decisions = [] if check else self.store.decisions(key)
+        state = None if check else next((x for x in states if x.key == key), None)
         try:
             media: SampleMedia | None = self.media.get(s, self.by_video[s.video_id])
             media_error = ""
         except (RecordError, OSError, RuntimeError, ValueError) as exc:
             media, media_error = None, f"media unavailable: {exc}"
         base_seq = max((d.seq for d in decisions if d.action != "skip"), default=None)
+        mark = gold.get(key)
+        gold_note = "" if mark is None else (
+            f"★ Gold sample: known answer {_label(mark.answer)}"
+            + (f" ({mark.answer.reason})" if mark.answer.reason else "")
+            + f", from {mark.marked_by}'s decision #{mark.answer.seq}.")
         view = sample_view(s, len(self.samples), state, decisions, consensus(s, decisions),
-                           reviewer, role, media, media_error, self.store.lease_holder(key),
-                           base_seq, self._prefetch(sess, reviewer, s))
+                           reviewer, role, media, media_error,
+                           None if check else self.store.lease_holder(key), base_seq,
+                           self._prefetch(sess, reviewer, s), gold_note)
         sess.version, sess.base_seq, sess.texts = s.sample_version, base_seq, dict(view.texts)
         sess.adjudicating, sess.view = view.adjudicating, view
         return Screen(view=view, **base)
@@ -307,7 +350,7 @@ class ReviewActions:
                  ) -> tuple[NoticeKind, str]:
         """The notice for a recorded decision, from what the log now exports, so it always
         says what the export and ``stats`` will say."""
-        if decision.action == "skip":
+        if decision.action == "skip" or decision.gold_check:  # a check says nothing more
             return "ok", f"Saved: {label}."
         ds = self.store.decisions(sample.key)
         verdict = counts(sample, ds, decision)
@@ -339,12 +382,31 @@ class ReviewActions:
             return self.screen(sess, reviewer)
 
     def move(self, session_id: str, reviewer: str, step: int) -> Screen:
+        """Next (``step`` > 0) or Previous, in every filter; a notice when there is nowhere
+        to go, so a key never does nothing silently."""
         with self.lock(session_id):
             sess = self.session(session_id)
-            self._step(sess, reviewer, step)
-            return self.screen(sess, reviewer)
+            before = sess.key
+            self._step(sess, reviewer, step, stay=True)
+            notice: tuple[NoticeKind, str] | None = None
+            if sess.key == before:
+                notice = ("warn", "No earlier sample in this tab's history." if step < 0
+                          else "No other sample in your queue." if sess.flt == QUEUE
+                          else f"No other sample in '{sess.flt}'.")
+            elif sess.flt == QUEUE and sess.key is not None:
+                self._hold(reviewer, sess.key)
+            return self.screen(sess, reviewer, notice)
 
-    def _step(self, sess: Session, reviewer: str, step: int, fresh: bool = False) -> None:
+    def _hold(self, reviewer: str, key: SampleKey) -> None:
+        """Lease a sample gone back to in the queue, if it still waits for this reviewer."""
+        st = next((x for x in self.states() if x.key == key), None)
+        if st is not None and reviewer not in st.reviewers and len(st.reviewers) < st.needs:
+            self.store.lease(reviewer, key, ttl=self.lease_seconds)
+
+    def _step(self, sess: Session, reviewer: str, step: int, fresh: bool = False,
+              stay: bool = False) -> None:
+        """Move in the page's history, or on to the filter's next sample (``fresh``: from
+        its start); ``stay``: keep the current sample when there is no other."""
         if step < 0:
             sess.pos = max(sess.pos - 1, 0)
             key = sess.history[sess.pos] if sess.history else None
@@ -353,7 +415,9 @@ class ReviewActions:
             key = sess.history[sess.pos]
         else:
             after = self.by_key[sess.key].position if sess.key and not fresh else -1
-            self._go(sess, self._next_key(sess.flt, reviewer, after))
+            nxt = self._next_key(sess.flt, reviewer, after, leaving=sess.key if stay else None)
+            if nxt is not None or not stay:
+                self._go(sess, nxt)
             return
         sess.key = (str(key[0]), str(key[1]), int(key[2])) if key else None
 
@@ -378,6 +442,7 @@ class ReviewActions:
             seen = parse_token(shown)
             if sess.key is None or sess.version is None:
                 return refuse("warn", "Not recorded: no sample is open.")
+            check = sess.key in sess.checks
             if seen is None or seen != (sess.key, sess.version):
                 what = (f"{seen[0][0]} {seen[0][1]} {seen[0][2]}" if seen else "nothing")
                 return refuse("warn", f"Not recorded: the key was pressed on {what}, but the "
@@ -416,14 +481,24 @@ class ReviewActions:
                 edited_scene_caption=stored.get("scene_caption") if keep_edits else None,
                 edited_video_caption=stored.get("video_caption") if keep_edits else None,
                 short_expression=short, note=note, base_seq=sess.base_seq,
-                adjudicates=action != "skip" and self.role(reviewer) == "adjudicator"
-                and (sess.adjudicating or self._settled(sample)))
+                adjudicates=action != "skip" and not check
+                and self.role(reviewer) == "adjudicator"
+                and (sess.adjudicating or self._settled(sample)), gold_check=check)
+            # now and then the next sample of the queue is a gold sample (never announced)
+            gold_next = sess.flt == QUEUE and self.rng.random() < self.gold_rate
             try:
-                if sess.flt == QUEUE:  # the decision and the next lease: one commit
+                if sess.flt == QUEUE and not gold_next:  # decision and next lease: one commit
                     decision, claimed = self.store.record_and_claim(
                         new, after=sample.position, ttl=self.lease_seconds)
                 else:
                     decision, claimed = self.store.record(new), None
+                    if gold_next:
+                        claimed = self.store.pick_gold(reviewer)
+                        if claimed is not None:
+                            sess.checks.append(claimed)
+                        else:
+                            claimed = self.store.claim_next(reviewer, after=sample.position,
+                                                            ttl=self.lease_seconds)
             except Settled as exc:
                 a = exc.adjudication
                 return refuse("warn", f"Not recorded: {a.reviewer} adjudicated this sample "
@@ -438,6 +513,35 @@ class ReviewActions:
             else:
                 self._step(sess, reviewer, +1, fresh=sess.flt == ADJUDICATION)
             return self.screen(sess, reviewer, notice)
+
+    def mark_gold(self, session_id: str, reviewer: str) -> Screen | Refusal:
+        """An adjudicator marks the sample on screen gold, its known answer their own latest
+        decision on it; on a gold sample the same button removes the mark."""
+        with self.lock(session_id):
+            sess = self.session(session_id)
+
+            def refuse(kind: NoticeKind, message: str) -> Refusal:
+                sess.render += 1
+                return Refusal(kind=kind, message=message, render=sess.render)
+
+            if self.role(reviewer) != "adjudicator":
+                return refuse("error", "Only adjudicators mark gold samples.")
+            if sess.key is None or sess.version is None:
+                return refuse("warn", "No sample is open.")
+            key, where = sess.key, f"{sess.key[0]} {sess.key[1]} {sess.key[2]}"
+            if key in self.store.gold():
+                self.store.mark_gold(key, sess.version, reviewer, active=False)
+                return self.screen(sess, reviewer, ("ok", f"Gold mark removed from {where}."))
+            try:
+                mark = self.store.mark_gold(key, sess.version, reviewer)
+            except NotGold:
+                return refuse("warn", "Not marked: accept or reject this sample first; the "
+                              "gold answer is your own decision.")
+            answer = mark.answer if mark else None
+            what = (_label(answer) + (f" ({answer.reason})" if answer.reason else "")
+                    if answer else "?")
+            return self.screen(sess, reviewer, ("ok", f"Marked {where} as gold: known answer "
+                                                f"{what}."))
 
     def _settled(self, sample: BenchmarkSample) -> bool:
         """An adjudicator has decided the current version (then only adjudicators decide)."""

@@ -236,7 +236,12 @@ CSS = """
 [data-testid="block-info"] {color: #1e1b4b !important;}
 .min_value, .max_value, footer, footer a, footer button, .show-api, .built-with,
 .settings {color: #1f2937 !important;}
-h1.rv-title {font-size: 1.5rem; margin: 0 0 4px 0;}
+.gradio-container {--layout-gap: 8px;}
+.rv-top {align-items: center; flex-wrap: wrap;}
+.rv-top > .block {flex: 0 1 auto !important; width: auto !important;
+                  min-width: 0 !important;}
+.rv-top > #rv-progress {flex: 1 1 420px !important;}
+h1.rv-title {font-size: 1.25rem; margin: 0; white-space: nowrap;}
 .rv-banner {padding: 6px 10px; border-radius: 6px; background: #eef3fb; color: #1a1a1a;
             margin: 0;}
 .rv-banner.rv-warn {background: #fff1d6; border: 1px solid #8a5a00;}
@@ -248,10 +253,12 @@ h1.rv-title {font-size: 1.5rem; margin: 0 0 4px 0;}
 .rv-session a {color: #1e1b4b; font-weight: bold;}
 .rv-hint {margin: 0; min-height: 1.2em; color: #5c3b00; font-weight: 600;}
 .rv-notice.rv-error {background: #fde8e8; border: 1px solid #a40000; color: #5c0000;}
-.rv-progress progress {width: 200px; height: 14px; vertical-align: middle;}
-.rv-progress span {margin-right: 18px;}
-img.rv-main {max-width: 100%; height: auto; max-height: 460px; object-fit: contain;
-             display: block; margin: 0 auto;}
+.rv-progress {font-size: 0.85rem; line-height: 1.3;}
+.rv-progress progress {width: 120px; height: 12px; vertical-align: middle;}
+.rv-progress span {margin-right: 14px;}
+/* the image leaves room for the header and buttons above it: one screen at 1280x720 */
+img.rv-main {max-width: 100%; height: auto; max-height: max(200px, calc(100vh - 290px));
+             object-fit: contain; display: block; margin: 0 auto;}
 .rv-strip {display: flex; gap: 6px; width: 100%;}
 .rv-thumb {flex: 1 1 0; min-width: 0; margin: 0;}
 .rv-thumb img {width: 100%; height: auto; display: block;}
@@ -284,9 +291,9 @@ class ReviewApp:
     """The page for ``ReviewActions``: layout, and events turned into its calls."""
 
     def __init__(self, out_dir: str | Path, users_file: str | Path | None = None,
-                 sav_root: str | Path | None = None, lease_seconds: float = LEASE_SECONDS
-                 ) -> None:
-        self.actions = ReviewActions(out_dir, users_file, sav_root, lease_seconds)
+                 sav_root: str | Path | None = None, lease_seconds: float = LEASE_SECONDS,
+                 gold_rate: float = 0.0) -> None:
+        self.actions = ReviewActions(out_dir, users_file, sav_root, lease_seconds, gold_rate)
         self.out_dir = Path(out_dir)
         self.users_file = self.actions.users_file
         self.fallback_reviewer = default_reviewer()
@@ -309,23 +316,26 @@ class ReviewApp:
     def _outputs(self, answer: Screen | Refusal) -> tuple:
         """One value per component of ``self.outputs`` (skip: leave it as it is)."""
         if isinstance(answer, Refusal):
-            return (*(gr.skip() for _ in range(16)),
+            return (*(gr.skip() for _ in range(17)),
                     notice_html(answer.kind, answer.message, answer.render))
         flt = gr.update(choices=answer.filters, value=answer.flt)
+        gold = gr.update(visible=answer.gold_button is not None,
+                         value=answer.gold_button or "Mark as gold")
         notice = notice_html(*(answer.notice or ("none", "")), answer.render)
         v = answer.view
         if v is None:
             return (empty_banner(answer.empty_message), answer.progress, flt,
                     main_frame_html(None, ""), gr.update(value=0, maximum=1), "", "",
                     *(gr.update(value="", label=FIELD_LABELS[f]) for f in TEXT_FIELDS), "", "",
-                    gr.update(value=None), "", "", "", notice)
+                    gr.update(value=None), "", "", "", gold, notice)
         count = len(v.frames)
         main = main_frame_html(v.frames[v.start] if v.frames else None,
                                frame_alt(v.alt_prefix, v.start, count, False))
         slider = gr.update(value=v.start, maximum=max(count - 1, 1), label=v.slider_label)
         return (v.banner, answer.progress, flt, main, slider, v.clip, v.strip,
                 *(gr.update(value=v.texts[f], label=v.labels[f]) for f in TEXT_FIELDS),
-                v.short, v.note, gr.update(value=None), v.mine, v.compare, v.history, notice)
+                v.short, v.note, gr.update(value=None), v.mine, v.compare, v.history, gold,
+                notice)
 
     # -- events --------------------------------------------------------------------------
 
@@ -342,6 +352,10 @@ class ReviewApp:
 
     def on_prev(self, request: gr.Request) -> tuple:
         return self._outputs(self.actions.move(self._sid(request), self.reviewer(request), -1))
+
+    def on_gold(self, request: gr.Request) -> tuple:
+        return self._outputs(self.actions.mark_gold(self._sid(request),
+                                                    self.reviewer(request)))
 
     def decide(self, action: str, shown: str, obj: str, scene: str, video: str, short: str,
                note: str, reason: str | None, request: gr.Request) -> tuple:
@@ -373,26 +387,44 @@ class ReviewApp:
     def build(self) -> gr.Blocks:
         gr.set_static_paths(paths=[str(media_dir(self.out_dir).resolve())])
         with gr.Blocks(title="Ref-SAV benchmark review") as demo:
-            gr.HTML('<h1 class="rv-title">Ref-SAV benchmark review</h1>')
-            progress = gr.HTML(elem_id="rv-progress")
-            banner = gr.HTML(elem_id="rv-banner")
+            # Top to bottom: what is judged and the decision (buttons, image, the three
+            # captions: one screen at 1280x720), then the tools to judge it. Narrow screens
+            # stack the columns: the captions come right after the image.
+            with gr.Row(elem_classes="rv-top"):
+                gr.HTML('<h1 class="rv-title">Ref-SAV benchmark review</h1>', padding=False)
+                progress = gr.HTML(elem_id="rv-progress", padding=False)
+            banner = gr.HTML(elem_id="rv-banner", padding=False)
             shown = gr.Textbox(visible=False, elem_id="rv-shown-input")
-            with gr.Row(equal_height=False):
+            with gr.Row(equal_height=False, elem_classes="rv-buttons"):
                 accept = gr.Button("Accept (A)", variant="primary", elem_id="rv-accept",
-                                   scale=0, min_width=110)
+                                   scale=0, min_width=110, size="md")
                 edit = gr.Button("Edit & accept (E)", variant="primary", elem_id="rv-edit",
-                                 scale=0, min_width=150)
+                                 scale=0, min_width=150, size="md")
                 reject = gr.Button("Reject (R)", variant="stop", elem_id="rv-reject", scale=0,
-                                   min_width=110)
-                skip = gr.Button("Skip (S)", elem_id="rv-skip", scale=0, min_width=90)
-                prev = gr.Button("← Previous (K)", elem_id="rv-prev", scale=0, min_width=130)
-                nxt = gr.Button("Next (J) →", elem_id="rv-next", scale=0, min_width=110)
+                                   min_width=110, size="md")
+                skip = gr.Button("Skip (S)", elem_id="rv-skip", scale=0, min_width=90,
+                                 size="md")
+                prev = gr.Button("← Previous (K)", elem_id="rv-prev", scale=0, min_width=130,
+                                 size="md")
+                nxt = gr.Button("Next (J) →", elem_id="rv-next", scale=0, min_width=110,
+                                size="md")
+                gold = gr.Button("Mark as gold", elem_id="rv-gold", scale=0, min_width=120,
+                                 size="md", visible=False)
                 notice = gr.HTML(elem_id="rv-notice-box", padding=False)
             gr.HTML('<p id="rv-hint" class="rv-hint" role="status" aria-live="polite"></p>',
                     padding=False)
-            with gr.Row():
-                with gr.Column(scale=3):
+            with gr.Row(equal_height=False, elem_classes="rv-judge"):
+                with gr.Column(scale=3, min_width=320):
                     main = gr.HTML(elem_id="rv-frame", padding=False)
+                with gr.Column(scale=2, min_width=320, elem_classes="rv-captions"):
+                    obj = gr.Textbox(label=FIELD_LABELS["object_caption"], lines=2,
+                                     max_lines=6, elem_id="rv-object")
+                    scene = gr.Textbox(label=FIELD_LABELS["scene_caption"], lines=3,
+                                       max_lines=8, elem_id="rv-scene")
+                    video = gr.Textbox(label=FIELD_LABELS["video_caption"], lines=3,
+                                       max_lines=10, elem_id="rv-video")
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3, min_width=320):
                     with gr.Row():
                         frame_prev = gr.Button("◀ frame", elem_id="rv-frame-prev", scale=0,
                                                size="sm")
@@ -404,37 +436,32 @@ class ReviewApp:
                                                     "screen; off shows true colours)",
                                        elem_id="rv-tint")
                     clip = gr.HTML(elem_id="rv-clip", padding=False)
-                with gr.Column(scale=2):
-                    reason = gr.Radio(list(REJECT_REASONS), label="Reject reason",
-                                      elem_id="rv-reason")
+                with gr.Column(scale=2, min_width=320):
                     mine = gr.HTML(elem_id="rv-mine", padding=False)
                     compare = gr.HTML(elem_id="rv-compare", padding=False)
-                    obj = gr.Textbox(label=FIELD_LABELS["object_caption"], lines=2,
-                                     max_lines=6, elem_id="rv-object")
-                    scene = gr.Textbox(label=FIELD_LABELS["scene_caption"], lines=3,
-                                       max_lines=8, elem_id="rv-scene")
-                    video = gr.Textbox(label=FIELD_LABELS["video_caption"], lines=4,
-                                       max_lines=10, elem_id="rv-video")
                     short = gr.Textbox(label="Short expression (optional, yours)",
                                        placeholder="e.g. the red ball rolling left",
                                        elem_id="rv-short",
                                        max_length=MAX_CHARS["short_expression"])
                     note = gr.Textbox(label="Note (optional)", elem_id="rv-note",
                                       max_length=MAX_CHARS["note"])
-                    gr.Markdown(SHORTCUTS)
-                    gr.Markdown(CRITERIA)
+                    reason = gr.Radio(list(REJECT_REASONS), label="Reject reason",
+                                      elem_id="rv-reason")
                     flt = gr.Dropdown(list(FILTERS), value=QUEUE, label="Show",
                                       elem_id="rv-filter")
+                    gr.Markdown(SHORTCUTS)
+                    gr.Markdown(CRITERIA)
             strip = gr.HTML(elem_id="rv-strip", padding=False)
             history = gr.HTML(elem_id="rv-history")
 
             outputs = [banner, progress, flt, main, slider, clip, strip, obj, scene, video,
-                       short, note, reason, mine, compare, history, notice]
+                       short, note, reason, mine, compare, history, gold, notice]
             demo.load(self.on_load, [flt], outputs, api_name="load")
             demo.unload(self.on_unload)
             common = dict(show_progress="hidden", concurrency_limit=None)
             nxt.click(self.on_next, None, outputs, api_name="next", **common)
             prev.click(self.on_prev, None, outputs, api_name="prev", **common)
+            gold.click(self.on_gold, None, outputs, api_name="gold", **common)
             flt.input(self.on_filter, [flt], outputs, api_name="filter", **common)
             form = [shown, obj, scene, video, short, note, reason]
             for button, action in ((accept, "accept"), (edit, "edit_accept"),
@@ -458,7 +485,8 @@ class ReviewApp:
                forwarded_allow_ips: str = "") -> gr.Blocks:
         """Start the server. ``forwarded_allow_ips``: the proxies whose ``X-Forwarded-For``
         names the client (comma-separated addresses or networks, as uvicorn's option; empty:
-        none, every client is the address it connects from)."""
+        none, every client is the address it connects from). Gradio itself prints nothing;
+        unless ``quiet``, one line gives the URL."""
         os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
         demo = self.build()
         demo.queue(default_concurrency_limit=8)
@@ -469,7 +497,7 @@ class ReviewApp:
                 server_name=host, server_port=port, share=False, auth=auth,
                 auth_message="Ref-SAV benchmark review: log in with your reviewer account.",
                 allowed_paths=[str(media_dir(self.out_dir).resolve())],
-                prevent_thread_lock=True, quiet=quiet, show_error=True,
+                prevent_thread_lock=True, quiet=True, show_error=True,
                 head=HEAD, css=CSS, theme=gr.themes.Soft(), ssr_mode=False,
                 app_kwargs={"middleware": [Middleware(ClientAddress)]},
             )
@@ -477,6 +505,8 @@ class ReviewApp:
             sessions = SessionTable(decisions_path(self.out_dir))
             demo.server_app.cookie_id = sessions.cookie_id()
             demo.server_app.tokens = sessions
+        if not quiet:  # Gradio's own hints (share=True, ...) are not for our users
+            print(f"Review app: {demo.local_url} (Ctrl+C stops it)", flush=True)
         if not prevent_thread_lock:
             demo.block_thread()
         return demo
@@ -494,9 +524,11 @@ def _bind_action(decide, action: str):
 
 
 def serve(out_dir: str | Path, host: str = "127.0.0.1", port: int | None = None,
-          users_file: str | Path | None = None, forwarded_allow_ips: str = "") -> None:
+          users_file: str | Path | None = None, forwarded_allow_ips: str = "",
+          gold_rate: float = 0.0) -> None:
     """Blocking: the ``refsav review`` command."""
-    ReviewApp(out_dir, users_file).launch(host, port, forwarded_allow_ips=forwarded_allow_ips)
+    ReviewApp(out_dir, users_file, gold_rate=gold_rate).launch(
+        host, port, forwarded_allow_ips=forwarded_allow_ips)
 
 
 def wait_until_up(url: str, timeout: float = 30.0) -> None:

@@ -29,6 +29,11 @@ Proxies = Annotated[str, typer.Option(
     help="Proxies trusted to name the client in X-Forwarded-For (comma-separated addresses "
          "or networks, '*' for any; default none: a client is the address it connects "
          "from). Login throttling counts per client address.")]
+GoldRate = Annotated[float, typer.Option(
+    "--gold-rate", min=0.0, max=1.0,
+    help="Chance that the next sample of a reviewer's queue is a gold sample (a known "
+         "answer an adjudicator marked), unmarked in the page; accuracy in `review stats`. "
+         "Default 0: none.")]
 
 
 @benchmark_app.command("select")
@@ -65,14 +70,15 @@ def select_cmd(
         typer.echo(f"note: fewer than {count} eligible objects fit in whole videos", err=True)
 
 
-def _serve(out: Path, host: str, port: int | None, users: Path | None, proxies: str) -> None:
+def _serve(out: Path, host: str, port: int | None, users: Path | None, proxies: str,
+           gold_rate: float) -> None:
     from refsav_pipeline.review.app import serve
 
     out = run_folder(out)
     if users is not None and not users.is_file():
         raise fail(f"users file {users} not found (create it with "
                    "`refsav review add-user`)")
-    serve(out, host, port, users, proxies)
+    serve(out, host, port, users, proxies, gold_rate)
 
 
 @review_app.callback()
@@ -84,6 +90,7 @@ def review_main(
     port: Port = None,
     users: Users = None,
     forwarded_allow_ips: Proxies = "",
+    gold_rate: GoldRate = 0.0,
 ) -> None:
     """Start the review app (without a sub-command)."""
     if ctx.invoked_subcommand is not None:
@@ -91,7 +98,7 @@ def review_main(
     if out is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-    _serve(out, host, port, users, forwarded_allow_ips)
+    _serve(out, host, port, users, forwarded_allow_ips, gold_rate)
 
 
 @review_app.command("serve")
@@ -101,18 +108,20 @@ def serve_cmd(
     port: Port = None,
     users: Users = None,
     forwarded_allow_ips: Proxies = "",
+    gold_rate: GoldRate = 0.0,
 ) -> None:
     """Start the review app (same as `refsav review --out DIR`)."""
-    _serve(out, host, port, users, forwarded_allow_ips)
+    _serve(out, host, port, users, forwarded_allow_ips, gold_rate)
 
 
 @review_app.command("stats")
 def stats_cmd(out: Out,
               as_json: Annotated[bool, typer.Option("--json", help="Machine-readable.")] = False
               ) -> None:
-    """Progress, agreement over the double-review samples (Cohen's kappa for two raters,
-    Krippendorff's alpha for more) and per-reviewer throughput."""
-    from refsav_pipeline.review.stats import review_stats
+    """Progress (as the export counts it), agreement over the double-review samples (Cohen's
+    kappa for two raters, Krippendorff's alpha for more), per-reviewer accuracy on gold
+    samples (95 % Wilson interval) and throughput over active time."""
+    from refsav_pipeline.review.stats import IDLE_GAP_S, MIN_ACTIVE_S, review_stats
 
     stats = review_stats(run_folder(out))
     if as_json:
@@ -120,8 +129,8 @@ def stats_cmd(out: Out,
         return
     p, a = stats.progress, stats.agreement
     typer.echo(f"samples: {p.total}  decided: {p.done} (accepted {p.accepted}, rejected "
-               f"{p.rejected})  reviews: {p.reviews_done}/{p.reviews_needed}  "
-               f"conflicts: {p.conflicts}")
+               f"{p.rejected}, awaiting adjudication {p.disputed})  reviews: "
+               f"{p.reviews_done}/{p.reviews_needed}  conflicts: {p.conflicts}")
     value = "n/a" if a.value is None else f"{a.value:.3f}"
     observed = "n/a" if a.observed is None else f"{a.observed:.1%}"
     name = "Cohen's kappa" if a.measure == "kappa" else "Krippendorff's alpha"
@@ -129,11 +138,16 @@ def stats_cmd(out: Out,
                f"{a.double_review_samples} double-review samples (observed {observed}, "
                f"up to {a.max_raters} raters)")
     typer.echo(f"{'reviewer':<20}{'decisions':>10}{'accept':>8}{'reject':>8}{'edited':>8}"
-               f"{'skip':>6}{'active h':>10}{'per hour':>10}")
+               f"{'skip':>6}{'active h':>10}{'per hour':>10}  gold correct (95% CI)")
     for r in stats.reviewers:
         rate = "-" if r.per_hour is None else f"{r.per_hour:.1f}"
+        gold = "-" if not r.gold_checks else (
+            f"{r.gold_correct}/{r.gold_checks} {r.gold_accuracy:.0%} "
+            f"({r.gold_low:.0%}–{r.gold_high:.0%})")
         typer.echo(f"{r.reviewer:<20}{r.decisions:>10}{r.accepted:>8}{r.rejected:>8}"
-                   f"{r.edited:>8}{r.skipped:>6}{r.active_hours:>10.2f}{rate:>10}")
+                   f"{r.edited:>8}{r.skipped:>6}{r.active_hours:>10.2f}{rate:>10}  {gold}")
+    typer.echo(f"active time: gaps over {IDLE_GAP_S / 60:.0f} min between a reviewer's "
+               f"decisions are breaks; no per-hour figure under {MIN_ACTIVE_S / 60:.0f} min")
 
 
 @review_app.command("export")

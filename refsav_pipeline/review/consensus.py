@@ -10,11 +10,13 @@ One place for the rule, used by the export, the adjudication queue and the view 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable
 from typing import Literal
 
 from pydantic import BaseModel
 
+from refsav_pipeline.records import SampleKey
 from refsav_pipeline.review.select import BenchmarkSample
 from refsav_pipeline.review.store import ACCEPTING, Decision
 
@@ -43,9 +45,10 @@ def texts_of(sample: BenchmarkSample, decision: Decision | None) -> dict[str, st
 
 
 def current_decisions(sample: BenchmarkSample, decisions: Iterable[Decision]) -> list[Decision]:
-    """The accept/reject decisions on the sample's current version, in log order."""
+    """The accept/reject decisions on the sample's current version, in log order (gold
+    checks, answers to a known sample, never count for the sample itself)."""
     return [d for d in decisions if d.key == sample.key and d.action != "skip"
-            and d.sample_version == sample.sample_version]
+            and not d.gold_check and d.sample_version == sample.sample_version]
 
 
 def per_reviewer(ds: list[Decision]) -> dict[str, Decision]:
@@ -70,6 +73,16 @@ def is_disputed(sample: BenchmarkSample, ds: list[Decision]) -> bool:
         return False
     firsts = list(per_reviewer(ds).values())[:2]
     return len(firsts) == 2 and disagree(sample, *firsts)
+
+
+def disputed_keys(samples: Iterable[BenchmarkSample], decisions: Iterable[Decision]
+                  ) -> set[SampleKey]:
+    """The samples whose consensus is ``disputed`` (only double-review samples can be)."""
+    by_key: dict[SampleKey, list[Decision]] = defaultdict(list)
+    for d in decisions:
+        by_key[d.key].append(d)
+    return {s.key for s in samples if s.double_review and s.key in by_key
+            and consensus(s, by_key[s.key]).status == "disputed"}
 
 
 def consensus(sample: BenchmarkSample, decisions: Iterable[Decision]) -> Consensus:

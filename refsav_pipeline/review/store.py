@@ -11,6 +11,10 @@ An adjudicator's decision (``adjudicates``) settles a double-review sample whose
 disagreed; what counts as settled is derived in ``consensus``, never stored. Once a version is
 adjudicated, only adjudicators may decide it again: a reviewer's decision is refused
 (``Settled``) inside the same transaction, so it can never be stored and then ignored.
+Gold checks: an adjudicator marks a sample gold from their own decision (``gold_marks``,
+append-only too: an unmark is a new entry); a reviewer's decision on a gold sample served as a
+check is stored with ``gold_check`` set and never counts for the sample (state, queue,
+consensus, export), only for that reviewer's accuracy.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -61,7 +65,8 @@ CREATE TABLE IF NOT EXISTS decisions (
     conflict INTEGER NOT NULL DEFAULT 0,
     conflicts_with INTEGER,
     note TEXT,
-    adjudicates INTEGER NOT NULL DEFAULT 0
+    adjudicates INTEGER NOT NULL DEFAULT 0,
+    gold_check INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS decisions_by_sample
     ON decisions (video_id, masklet_type, masklet_id, sample_version, seq);
@@ -86,11 +91,31 @@ CREATE TABLE IF NOT EXISTS leases (
     expires_ts REAL NOT NULL,
     PRIMARY KEY (video_id, masklet_type, masklet_id)
 );
+CREATE TABLE IF NOT EXISTS gold_marks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    video_id TEXT NOT NULL,
+    masklet_type TEXT NOT NULL,
+    masklet_id INTEGER NOT NULL,
+    sample_version TEXT NOT NULL,
+    decision_seq INTEGER,
+    marked_by TEXT NOT NULL,
+    marked_at TEXT NOT NULL,
+    active INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS gold_no_update BEFORE UPDATE ON gold_marks
+BEGIN SELECT RAISE(ABORT, 'gold marks are append-only: UPDATE refused'); END;
+CREATE TRIGGER IF NOT EXISTS gold_no_delete BEFORE DELETE ON gold_marks
+BEGIN SELECT RAISE(ABORT, 'gold marks are append-only: DELETE refused'); END;
+CREATE VIEW IF NOT EXISTS gold_current AS
+    SELECT g.* FROM gold_marks g JOIN samples s USING (video_id, masklet_type, masklet_id)
+    WHERE g.active = 1 AND g.sample_version = s.sample_version
+    AND g.seq = (SELECT MAX(h.seq) FROM gold_marks h WHERE h.video_id = g.video_id
+                 AND h.masklet_type = g.masklet_type AND h.masklet_id = g.masklet_id);
 """
 
 _KEY_MATCH = ("d.video_id = s.video_id AND d.masklet_type = s.masklet_type "
               "AND d.masklet_id = s.masklet_id AND d.sample_version = s.sample_version "
-              "AND d.action != 'skip'")
+              "AND d.action != 'skip' AND d.gold_check = 0")
 
 # every sample with its real decisions on the current version, in order: one pass, one query
 _STATE_SQL = f"""
@@ -100,7 +125,8 @@ FROM samples s LEFT JOIN decisions d ON {_KEY_MATCH}
 """
 
 # columns added after the first release: (name, definition) for ALTER TABLE on old files
-_ADDED_COLUMNS = (("note", "TEXT"), ("adjudicates", "INTEGER NOT NULL DEFAULT 0"))
+_ADDED_COLUMNS = (("note", "TEXT"), ("adjudicates", "INTEGER NOT NULL DEFAULT 0"),
+                  ("gold_check", "INTEGER NOT NULL DEFAULT 0"))
 
 
 class Settled(Exception):
@@ -110,6 +136,10 @@ class Settled(Exception):
         super().__init__(f"{adjudication.reviewer} adjudicated this sample "
                          f"(#{adjudication.seq})")
         self.adjudication = adjudication
+
+
+class NotGold(ValueError):
+    """A gold mark that cannot be made (no own decision to take the answer from)."""
 
 
 class NewDecision(BaseModel):
@@ -134,6 +164,7 @@ class NewDecision(BaseModel):
     base_seq: int | None = None
     note: str | None = Field(None, max_length=MAX_CHARS["note"])
     adjudicates: bool = False  # an adjudicator settling a disagreement
+    gold_check: bool = False  # a reviewer answering a gold sample: counts for accuracy only
 
     @property
     def key(self) -> SampleKey:
@@ -146,6 +177,22 @@ class Decision(NewDecision):
     decided_ts: float
     conflict: bool
     conflicts_with: int | None = None
+
+
+class GoldMark(BaseModel):
+    """A current gold sample: its known answer is the marker's decision ``answer``."""
+
+    video_id: str
+    masklet_type: str
+    masklet_id: int
+    sample_version: str
+    marked_by: str
+    marked_at: str
+    answer: Decision
+
+    @property
+    def key(self) -> SampleKey:
+        return (self.video_id, self.masklet_type, self.masklet_id)
 
 
 @dataclass(slots=True)
@@ -176,8 +223,9 @@ class SampleState:
 class Progress(BaseModel):
     total: int
     done: int  # samples with at least one accept/reject on the current version
-    accepted: int
+    accepted: int  # as the export: disputed samples are neither accepted nor rejected
     rejected: int
+    disputed: int = 0  # double-review samples waiting for an adjudicator
     mine: int  # samples this reviewer decided
     my_queue: int  # samples still waiting for this reviewer
     reviews_needed: int  # sum over samples of reviewers wanted
@@ -188,7 +236,8 @@ class Progress(BaseModel):
 _DECISION_COLS = ("seq", "video_id", "masklet_type", "masklet_id", "sample_version", "reviewer",
                   "decided_at", "decided_ts", "action", "reason", "edited_object_caption",
                   "edited_scene_caption", "edited_video_caption", "short_expression",
-                  "base_seq", "conflict", "conflicts_with", "note", "adjudicates")
+                  "base_seq", "conflict", "conflicts_with", "note", "adjudicates",
+                  "gold_check")
 
 
 class DecisionStore:
@@ -303,7 +352,7 @@ class DecisionStore:
 
     @staticmethod
     def _append(conn: sqlite3.Connection, new: NewDecision, now: float) -> Decision:
-        if new.action != "skip" and not new.adjudicates:
+        if new.action != "skip" and not new.adjudicates and not new.gold_check:
             row = conn.execute(
                 f"SELECT {', '.join(_DECISION_COLS)} FROM decisions WHERE video_id = ? "
                 "AND masklet_type = ? AND masklet_id = ? AND sample_version = ? "
@@ -314,11 +363,11 @@ class DecisionStore:
                                                                strict=True))))
         latest = conn.execute(
             "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
-            "AND masklet_id = ? AND action != 'skip'", new.key).fetchone()[0]
+            "AND masklet_id = ? AND action != 'skip' AND gold_check = 0", new.key).fetchone()[0]
         current = conn.execute(
             "SELECT sample_version FROM samples WHERE video_id = ? AND masklet_type = ? "
             "AND masklet_id = ?", new.key).fetchone()
-        conflict = new.action != "skip" and (
+        conflict = new.action != "skip" and not new.gold_check and (
             latest != new.base_seq
             or (current is not None and current[0] != new.sample_version))
         conflicts_with = latest if conflict and latest != new.base_seq else None
@@ -327,13 +376,14 @@ class DecisionStore:
             "INSERT INTO decisions (video_id, masklet_type, masklet_id, sample_version, "
             "reviewer, decided_at, decided_ts, action, reason, edited_object_caption, "
             "edited_scene_caption, edited_video_caption, short_expression, base_seq, "
-            "conflict, conflicts_with, note, adjudicates) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            "conflict, conflicts_with, note, adjudicates, gold_check) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (new.video_id, new.masklet_type, new.masklet_id, new.sample_version,
              new.reviewer, decided_at, now, new.action, new.reason,
              new.edited_object_caption, new.edited_scene_caption,
              new.edited_video_caption, new.short_expression, new.base_seq,
-             int(conflict), conflicts_with, new.note, int(new.adjudicates)))
+             int(conflict), conflicts_with, new.note, int(new.adjudicates),
+             int(new.gold_check)))
         conn.execute("DELETE FROM leases WHERE video_id = ? AND masklet_type = ? "
                      "AND masklet_id = ? AND reviewer = ?", (*new.key, new.reviewer))
         seq = int(cur.lastrowid or 0)
@@ -362,19 +412,43 @@ class DecisionStore:
         with self._connect() as conn:
             return conn.execute(
                 "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? "
-                "AND masklet_id = ? AND action != 'skip'", key).fetchone()[0]
+                "AND masklet_id = ? AND action != 'skip' AND gold_check = 0",
+                key).fetchone()[0]
 
     # -- queue ---------------------------------------------------------------------------
 
     def claim_next(self, reviewer: str, *, after: int = -1, ttl: float = LEASE_SECONDS,
-                   now: float | None = None) -> SampleKey | None:
+                   now: float | None = None, leaving: SampleKey | None = None
+                   ) -> SampleKey | None:
         """Lease the next sample that still needs a review, that this reviewer has not
         decided, and that nobody else holds; one already held by this reviewer comes first
         (a page reload resumes it). Positions after ``after`` come before the wrap to the
-        start, and samples this reviewer skipped come back only when nothing else is left."""
+        start, and samples this reviewer skipped come back only when nothing else is left.
+        ``leaving``: the sample the reviewer moves away from (Next): its lease is dropped
+        and it is never the answer, so Next always moves on."""
         now = time.time() if now is None else now
         with self._write() as conn:
-            return self._claim(conn, reviewer, after, ttl, now)
+            if leaving is not None:
+                conn.execute("DELETE FROM leases WHERE reviewer = ? AND video_id = ? AND "
+                             "masklet_type = ? AND masklet_id = ?", (reviewer, *leaving))
+            return self._claim(conn, reviewer, after, ttl, now, leaving or ("", "", -1))
+
+    def lease(self, reviewer: str, key: SampleKey, *, ttl: float = LEASE_SECONDS,
+              now: float | None = None) -> bool:
+        """Hold ``key`` for ``reviewer`` (going back to it) unless someone else holds it;
+        the reviewer's other leases are dropped: one sample on screen, one lease."""
+        now = time.time() if now is None else now
+        with self._write() as conn:
+            held = conn.execute(
+                "SELECT 1 FROM leases WHERE video_id = ? AND masklet_type = ? AND "
+                "masklet_id = ? AND reviewer != ? AND expires_ts > ?",
+                (*key, reviewer, now)).fetchone()
+            if held:
+                return False
+            conn.execute("DELETE FROM leases WHERE reviewer = ?", (reviewer,))
+            conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
+                         (*key, reviewer, now + ttl))
+            return True
 
     def peek_next(self, reviewer: str, current: SampleKey, *, after: int = -1,
                   now: float | None = None) -> SampleKey | None:
@@ -386,8 +460,8 @@ class DecisionStore:
 
     @classmethod
     def _claim(cls, conn: sqlite3.Connection, reviewer: str, after: int, ttl: float,
-               now: float) -> SampleKey | None:
-        key = cls._pick(conn, reviewer, after, now)
+               now: float, skip: SampleKey = ("", "", -1)) -> SampleKey | None:
+        key = cls._pick(conn, reviewer, after, now, skip)
         if key is not None:
             conn.execute("INSERT OR REPLACE INTO leases VALUES (?, ?, ?, ?, ?)",
                          (*key, reviewer, now + ttl))
@@ -436,25 +510,83 @@ class DecisionStore:
         with self._write() as conn:
             conn.execute("DELETE FROM leases WHERE reviewer = ?", (reviewer,))
 
-    def progress(self, reviewer: str, states: list[SampleState] | None = None) -> Progress:
+    # -- gold checks ---------------------------------------------------------------------
+
+    def mark_gold(self, key: SampleKey, version: str, by: str, active: bool = True,
+                  now: float | None = None) -> GoldMark | None:
+        """Mark ``key`` gold with ``by``'s latest own decision on ``version`` as the answer
+        (``NotGold`` if they have none), or unmark it (``active`` false). Append-only."""
+        now = time.time() if now is None else now
+        at = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        with self._write() as conn:
+            answer = conn.execute(
+                "SELECT MAX(seq) FROM decisions WHERE video_id = ? AND masklet_type = ? AND "
+                "masklet_id = ? AND sample_version = ? AND reviewer = ? AND action != 'skip' "
+                "AND gold_check = 0", (*key, version, by)).fetchone()[0]
+            if active and answer is None:
+                raise NotGold(f"{by} has not decided {key[0]} {key[1]} {key[2]}: the gold "
+                              "answer is the marker's own accept or reject")
+            conn.execute("INSERT INTO gold_marks (video_id, masklet_type, masklet_id, "
+                         "sample_version, decision_seq, marked_by, marked_at, active) "
+                         "VALUES (?,?,?,?,?,?,?,?)",
+                         (*key, version, answer if active else None, by, at, int(active)))
+        return self.gold().get(key)
+
+    def gold(self) -> dict[SampleKey, GoldMark]:
+        """The current gold samples (latest mark active, on the current version)."""
+        cols = ", ".join(f"d.{c}" for c in _DECISION_COLS)
+        with self._connect() as conn:
+            rows = conn.execute(
+                f"SELECT g.marked_by, g.marked_at, {cols} FROM gold_current g "
+                "JOIN decisions d ON d.seq = g.decision_seq").fetchall()
+        out = {}
+        for r in rows:
+            answer = Decision.model_validate(dict(zip(_DECISION_COLS, r[2:], strict=True)))
+            out[answer.key] = GoldMark(
+                video_id=answer.video_id, masklet_type=answer.masklet_type,
+                masklet_id=answer.masklet_id, sample_version=answer.sample_version,
+                marked_by=r[0], marked_at=r[1], answer=answer)
+        return out
+
+    def pick_gold(self, reviewer: str) -> SampleKey | None:
+        """A random current gold sample ``reviewer`` has never decided (as a check or not)
+        and did not mark, to mix into their queue."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT g.video_id, g.masklet_type, g.masklet_id FROM gold_current g "
+                "WHERE g.marked_by != ? AND NOT EXISTS (SELECT 1 FROM decisions d WHERE "
+                "d.video_id = g.video_id AND d.masklet_type = g.masklet_type AND "
+                "d.masklet_id = g.masklet_id AND d.sample_version = g.sample_version AND "
+                "d.reviewer = ? AND d.action != 'skip') ORDER BY RANDOM() LIMIT 1",
+                (reviewer, reviewer)).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]), int(row[2]))
+
+    def progress(self, reviewer: str, states: list[SampleState] | None = None,
+                 disputed: Collection[SampleKey] = ()) -> Progress:
         """Counts over ``states`` (read now if not given: pass the action's own snapshot).
-        Samples this reviewer skipped are still in their queue: they come back last."""
+        ``disputed``: the samples ``consensus`` finds disputed (the store's fold does not
+        compare texts); they count as disputed, not as their latest accept or reject, as in
+        the export. Samples this reviewer skipped are still in their queue: they come back
+        last."""
         states = self.states() if states is None else states
-        c = dict.fromkeys(("done", "accepted", "rejected", "mine", "my_queue", "needed",
-                           "reviews", "conflicts"), 0)
+        c = dict.fromkeys(("done", "accepted", "rejected", "disputed", "mine", "my_queue",
+                           "needed", "reviews", "conflicts"), 0)
         for s in states:  # one pass: this runs on every click
             n = len(s.reviewers)
             mine = reviewer in s.reviewers
+            open_ = s.key in disputed
             c["done"] += s.status != "pending"
-            c["accepted"] += s.status == "accepted"
-            c["rejected"] += s.status == "rejected"
+            c["disputed"] += open_
+            c["accepted"] += s.status == "accepted" and not open_
+            c["rejected"] += s.status == "rejected" and not open_
             c["mine"] += mine
             c["my_queue"] += n < s.needs and not mine
             c["needed"] += s.needs
             c["reviews"] += min(n, s.needs)
             c["conflicts"] += s.conflict
         return Progress(total=len(states), done=c["done"], accepted=c["accepted"],
-                        rejected=c["rejected"], mine=c["mine"], my_queue=c["my_queue"],
+                        rejected=c["rejected"], disputed=c["disputed"], mine=c["mine"],
+                        my_queue=c["my_queue"],
                         reviews_needed=c["needed"], reviews_done=c["reviews"],
                         conflicts=c["conflicts"])
 

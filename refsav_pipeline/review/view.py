@@ -152,10 +152,12 @@ def compare_html(sample: BenchmarkSample, ds: list[Decision]) -> str:
 def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
                 decisions: list[Decision], consensus: Consensus, reviewer: str, role: str,
                 media: SampleMedia | None, media_error: str, lease_holder: str | None,
-                base_seq: int | None, prefetch: list[str] | None = None) -> SampleView:
+                base_seq: int | None, prefetch: list[str] | None = None,
+                gold_note: str = "") -> SampleView:
     """The view of ``sample`` for ``reviewer``: a revisit shows the text that will be exported
     (the consensus) with the reviewer's own edit marked; an adjudicator on a disputed sample
-    gets both decisions side by side."""
+    gets both decisions side by side. ``gold_note``: the gold mark, for adjudicators only
+    (a reviewer's gold check is shown as an undecided sample, unmarked)."""
     history = [d for d in decisions if d.sample_version == sample.sample_version]
     mine = [d for d in history if d.reviewer == reviewer and d.action != "skip"]
     disputed = consensus.status == "disputed"
@@ -174,7 +176,7 @@ def sample_view(sample: BenchmarkSample, total: int, state: SampleState | None,
                     token=shown_token(sample.key, sample.sample_version), sample=sample,
                     total=total, status=consensus.status, who=who,
                     adjudicated_by=consensus.adjudicated_by, warnings=warnings,
-                    prefetch=prefetch or [])
+                    prefetch=prefetch or [], gold_note=gold_note)
 
     texts = dict(consensus.texts) if not adjudicating else texts_of(sample, None)
     labels = dict(FIELD_LABELS)
