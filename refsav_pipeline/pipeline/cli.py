@@ -23,6 +23,7 @@ from refsav_pipeline.pipeline.driver import (
     prepare_output,
     shards_to_do,
 )
+from refsav_pipeline.pipeline.lease import run_lease
 from refsav_pipeline.pipeline.plan import PLAN_FILE, load_plan
 from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
 from refsav_pipeline.pipeline.status import print_status, run_status
@@ -103,7 +104,7 @@ def run(
             print_status(run_status(out), out_console)
             return
     check_models(cfg)
-    with _stops_cleanly(out):
+    with _stops_cleanly(out), run_lease(out, "refsav run"):
         prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
                        videos=refs)
         execute(out, cfg, address=address, show_progress=progress, console=console)
@@ -129,7 +130,7 @@ def resume(
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
         check_models(cfg)
-        with _stops_cleanly(out):
+        with _stops_cleanly(out), run_lease(out, "refsav resume"):
             execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
                     show_progress=progress, console=console)
     print_status(run_status(out), out_console)
@@ -206,7 +207,7 @@ def demo(
             console.print(f"reference model server at {url}")
             cfg = with_endpoints(cfg, url)
             check_models(cfg)
-            with _stops_cleanly(run_dir):
+            with _stops_cleanly(run_dir), run_lease(run_dir, "refsav demo"):
                 prepare_output(sav, run_dir, cfg, videos=refs)
                 execute(run_dir, cfg, show_progress=progress, console=console)
     print_status(run_status(run_dir), out_console)
