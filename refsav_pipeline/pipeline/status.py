@@ -95,6 +95,7 @@ def print_status(st: RunStatus, console: Console) -> None:
                                                   st.rows_by_status.items()))
     if st.failures_by_kind:
         t.add_row("failures", ", ".join(f"{k} {v}" for k, v in st.failures_by_kind.items()))
+        t.add_row("retry them", f"refsav resume --out {st.out_dir} --retry-failed")
     t.add_row("model calls", f"{st.model_calls} ({st.cached_calls} from cache)")
     t.add_row("tokens", f"{st.prompt_tokens} prompt / {st.completion_tokens} completion")
     if st.rows_per_s is not None:
