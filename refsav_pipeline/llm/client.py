@@ -208,7 +208,7 @@ class ModelClient:
             ok, error = await self._trial(ep)
             ep.last_error = error or ep.last_error
             if ok:
-                ep.failing = False
+                ep.failing, ep.consecutive_failures = False, 0
                 log.warning("completions of %s at %s answer again", self.cfg.name, ep.url)
             self._set_health(ep, ok)
             return ok
@@ -260,8 +260,8 @@ class ModelClient:
         return not ep.healthy
 
     def _set_health(self, ep: EndpointState, ok: bool) -> None:
-        if ok:
-            ep.healthy, ep.consecutive_failures = True, 0
+        if ok:  # completions' errors are counted on: /v1/models answering says nothing of them
+            ep.healthy = True
         else:
             if ep.healthy is not False:
                 log.warning("endpoint %s for %s marked dead", ep.url, self.cfg.name)
