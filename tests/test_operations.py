@@ -126,12 +126,13 @@ def test_persistent_503_stops_at_the_outage_limit_and_resume_finishes(
 
 
 def test_a_second_run_is_refused_and_a_killed_runs_lease_is_taken_over(
-        sample: Path, straight: Path, server: str, tmp_path: Path) -> None:
+        sample: Path, straight: Path, proxy: FaultProxy, tmp_path: Path) -> None:
     out = tmp_path / "run"
-    cfg = few_in_flight_config(server, tmp_path / "cfg.yaml")
+    cfg = few_in_flight_config(proxy.url, tmp_path / "cfg.yaml", outage_limit_s=600)
     with _reaped(start_cli(run_argv(sample, out, cfg))) as first:
         wait_for(lambda: (out / "run.lease").exists() and done_markers(out) >= 1,
                  what="the first run to hold the lease and finish a shard")
+        proxy.fail("status", None, status=503)  # the first run now waits, alive, for minutes
         t0 = time.monotonic()
         for argv in (run_argv(sample, out, cfg),
                      refsav_argv("resume", "--out", str(out), "--no-progress")):
@@ -142,8 +143,10 @@ def test_a_second_run_is_refused_and_a_killed_runs_lease_is_taken_over(
         assert time.monotonic() - t0 < 60
         status = finish_cli(start_cli(refsav_argv("status", "--out", str(out))))
         assert "running:" in status
+        assert first.poll() is None
         os.killpg(first.pid, signal.SIGKILL)
         first.wait(30)
+    proxy.heal()
     status = " ".join(finish_cli(start_cli(refsav_argv("status", "--out", str(out)))).split())
     assert "not running" in status and "time left" not in status, status
     finish_cli(start_cli(refsav_argv("resume", "--out", str(out), "--no-progress")))
