@@ -77,7 +77,7 @@ class ReportingGroup(TyperGroup):
             if DEBUG["on"] or _is_cli_signal(exc):
                 raise
             first = (str(exc).strip().splitlines() or [""])[0]
-            what = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+            what = first or "an unexpected failure, with no message"  # never a class name
             raise fail(f"{what} (run `refsav --debug …` for the traceback)", 1) from exc
 
 

@@ -69,6 +69,10 @@ class RunConfig(_Section):
     max_prepared_videos: int = Field(
         8, ge=1, description="videos rendered but not yet captioned (the queue between stages)")
     object_store_memory_mb: int = Field(1024, ge=128, description="local Ray instance only")
+    video_timeout_s: float = Field(
+        600.0, gt=0, description="time limit of the CPU stage for one video (read, decode, "
+        "render); a video over it (a hung network mount) fails its rows as video_timeout and "
+        "the shard goes on")
 
 
 class ExportConfig(_Section):

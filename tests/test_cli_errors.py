@@ -193,3 +193,28 @@ def test_click_usage_errors_are_one_line_too(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["run"])
     assert res.exit_code == 2 and "--sav-root" in _error_lines(res.output)[0]
     assert CliRunner().invoke(app, ["run", "--help"]).exit_code == 0
+
+
+@pytest.mark.parametrize("args", [["review", "export"], ["review", "stats"],
+                                  ["review", "serve"]])
+def test_review_before_benchmark_select_refuses_and_writes_nothing(
+        synth_root: Path, tmp_path: Path, args: list[str]) -> None:
+    out = tmp_path / "run"
+    write_fake_run(synth_root, out)
+    before = _tree(out)
+    res = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert res.exit_code == 2
+    (line,) = _error_lines(res.output)
+    assert f"refsav benchmark select --out {out}" in line
+    assert _tree(out) == before  # no review/decisions.sqlite
+
+
+def test_an_unexpected_failure_never_shows_a_class_name(tmp_path: Path) -> None:
+    """A file where the plan should be: the reading fails, and the line says what, not how."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / PLAN_FILE).write_text("{")
+    res = CliRunner().invoke(app, ["status", "--out", str(out)])
+    assert res.exit_code == 1
+    (line,) = _error_lines(res.output)
+    assert "Error" not in line and "--debug" in line, line

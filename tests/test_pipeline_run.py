@@ -189,7 +189,7 @@ def test_server_faults_then_retry_failed(synth_root: Path, clean_run: Path, loca
     assert failed, "with 2 tries at 20% faults some rows must exhaust their retries"
     assert len(rows) == read_rows(clean_run).num_rows
     for r in failed:
-        assert r["error_kind"] in {"server_error", "unparseable_output", "timeout"}, r
+        assert r["error_kind"] in {"http_5xx", "unparseable_output", "timeout"}, r
         assert r["error"] and r["video_id"] in r["error"]
     with reference_server(free_port()) as url:
         execute(out, config_for(url), retry_failed=True, show_progress=False)

@@ -5,14 +5,20 @@ limits, least-in-flight balancing across replicas, health probing of ``/v1/model
 dead endpoints skipped and re-probed later, vLLM-only body fields (``mm_processor_kwargs``),
 and failures that end as a ``RecordError`` the pipeline can put in a row.
 
-Two kinds of failure are kept apart. A *request* fails (5xx, timeout, broken connection) while
-its endpoint still answers its health probe: that costs the request one of its attempts. An
-*endpoint* is down when its probe fails too (connection refused, no answer): that costs
-nothing. When every endpoint of the model is down the model is in an outage: requests wait
-while one of them re-probes with backoff, and go on by themselves when an endpoint answers.
-Only an outage longer than ``outage_limit_s`` ends the wait, as ``OutageLimitReached``, which
-stops the run instead of failing rows: a vLLM restart takes minutes, and over SA-V's 640K
-masklets failing every row in flight would hand the user a long ``--retry-failed``.
+Two kinds of failure are kept apart. A *request* fails (a transient error: 429, 5xx, timeout,
+broken connection) while its endpoint otherwise works: that costs the request one of its
+attempts. An *endpoint* is down when its probe fails (connection refused, no answer), or when
+its completions keep failing: ``failing_after`` transient errors in a row, with no success in
+between (a load balancer answering 503 while a replica restarts, 429s, resets, hangs). That
+costs nothing. A down endpoint comes back when its probe succeeds; for one whose completions
+failed the probe is a trial completion, since ``/v1/models`` may answer while completions do
+not. When every endpoint of the model is down the model is in an outage: requests wait while
+one of them re-probes with backoff (never before a ``Retry-After``), and go on by themselves
+when an endpoint answers. Only an outage longer than ``outage_limit_s`` ends the wait, as
+``OutageLimitReached``, which stops the run instead of failing rows: a vLLM restart takes
+minutes, and over SA-V's 640K masklets failing every row in flight would hand the user a long
+``--retry-failed``. A request that fails for its own reasons (a malformed answer, or errors
+while other requests succeed) still fails after its attempts, with a kind that says why.
 """
 
 from __future__ import annotations
@@ -42,7 +48,28 @@ from refsav_pipeline.llm.results import Usage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+RETRYABLE_STATUS = {408, 409, 425, 429}
+"""Besides every 5xx: answers that say "not now" rather than "never"."""
+
+TRIAL_BODY: dict[str, Any] = {
+    "messages": [{"role": "user", "content": "Reply with OK."}],
+    "max_completion_tokens": 1, "temperature": 0.0}
+"""The trial completion that decides whether an endpoint whose completions failed is back."""
+
+
+def status_kind(status: int) -> str:
+    """The row's ``error_kind`` for a transient HTTP status."""
+    if status == 429:
+        return "rate_limited"
+    return "http_5xx" if status >= 500 else "server_error"
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """``Retry-After`` in seconds (its delay-seconds form; an HTTP date is ignored)."""
+    try:
+        return max(0.0, float(value)) if value else None
+    except ValueError:
+        return None
 
 
 def jpeg_part(jpeg: bytes) -> dict[str, Any]:
@@ -85,7 +112,9 @@ class EndpointState:
     retry_at: float = 0.0
     probed_at: float = float("-inf")  # monotonic start of the last probe
     last_error: str = ""  # why the last probe failed
-    consecutive_failures: int = 0
+    consecutive_failures: int = 0  # transient errors of completions since the last success
+    failing: bool = False  # down because its completions failed: its probe is a trial
+    not_before: float = 0.0  # monotonic time a Retry-After asked us to wait until
     requests: int = 0
     failures: int = 0
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -117,13 +146,31 @@ def _why(exc: BaseException) -> str:
 
 
 class _Retryable(Exception):
-    def __init__(self, message: str, retry_after: float | None = None) -> None:
+    """A failed attempt worth another try; ``kind`` becomes the row's ``error_kind``."""
+
+    def __init__(self, message: str, kind: str, retry_after: float | None = None) -> None:
         super().__init__(message)
+        self.kind = kind
         self.retry_after = retry_after
 
 
 class _EndpointDown(Exception):
     """The request broke and the endpoint's probe fails too: the endpoint is down."""
+
+
+def _usage(u: Any) -> Usage:
+    """The answer's token counts (absent: zeros); ValueError/TypeError if not counts."""
+    if u is None:
+        return Usage(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+    if not isinstance(u, dict):
+        raise TypeError(f"usage is {type(u).__name__}, not an object")
+    counts = {}
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        v = u.get(name) or 0
+        if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+            raise ValueError(f"usage.{name} is {v!r}, not a count")
+        counts[name] = v
+    return Usage(**counts)
 
 
 class ModelClient:
@@ -154,8 +201,17 @@ class ModelClient:
             return await self._probe_now(ep)
 
     async def _probe_now(self, ep: EndpointState) -> bool:
-        """The probe itself (callers hold ``ep.probe_lock``)."""
+        """The probe itself (callers hold ``ep.probe_lock``): ``GET /v1/models``, or a trial
+        completion for an endpoint whose completions failed."""
         ep.probed_at = time.monotonic()
+        if ep.failing:
+            ok, error = await self._trial(ep)
+            ep.last_error = error or ep.last_error
+            if ok:
+                ep.failing, ep.consecutive_failures = False, 0
+                log.warning("completions of %s at %s answer again", self.cfg.name, ep.url)
+            self._set_health(ep, ok)
+            return ok
         ok, error = False, ""
         try:
             r = await ep.http.get(f"{ep.url}/models", headers=self.headers,
@@ -176,6 +232,22 @@ class ModelClient:
         self._set_health(ep, ok)
         return ok
 
+    async def _trial(self, ep: EndpointState) -> tuple[bool, str]:
+        """One small completion: (it answered, why not)."""
+        try:
+            r = await ep.http.post(f"{ep.url}/chat/completions", headers=self.headers,
+                                   json={**TRIAL_BODY, "model": self.cfg.name},
+                                   timeout=self.ccfg.trial_timeout_s)
+        except (httpx.HTTPError, ValueError) as e:
+            return False, f"completions failing: trial completion failed: {_why(e)}"
+        if r.status_code != 200:
+            ra = retry_after_s(r.headers.get("retry-after"))
+            if ra is not None:
+                ep.not_before = max(ep.not_before, time.monotonic() + ra)
+            return False, ("completions failing: trial completion answered "
+                           f"HTTP {r.status_code}")
+        return True, ""
+
     async def _is_down(self, ep: EndpointState, failed_at: float) -> bool:
         """After a request to ``ep`` broke at ``failed_at``: is the endpoint itself down?
 
@@ -188,13 +260,14 @@ class ModelClient:
         return not ep.healthy
 
     def _set_health(self, ep: EndpointState, ok: bool) -> None:
-        if ok:
-            ep.healthy, ep.consecutive_failures = True, 0
+        if ok:  # completions' errors are counted on: /v1/models answering says nothing of them
+            ep.healthy = True
         else:
             if ep.healthy is not False:
                 log.warning("endpoint %s for %s marked dead", ep.url, self.cfg.name)
             ep.healthy = False
-            ep.retry_at = time.monotonic() + self.ccfg.reprobe_interval_s
+            now = time.monotonic()
+            ep.retry_at = max(now + self.ccfg.reprobe_interval_s, ep.not_before)
 
     async def check_health(self) -> list[dict[str, Any]]:
         """Probe every endpoint now (ignoring re-probe timers); returns their snapshots."""
@@ -248,8 +321,9 @@ class ModelClient:
                     f"(client.outage_limit_s = {limit:g}): {self._endpoint_errors()}")
             delay = min(self.ccfg.backoff_base_s * 2 ** min(self._outage_probes, 30),
                         self.ccfg.reprobe_interval_s)
+            asked = min(ep.not_before for ep in self.endpoints) - time.monotonic()  # Retry-After
             self._outage_probes += 1
-            await asyncio.sleep(min(max(delay, 0.05), limit - down_for))
+            await asyncio.sleep(min(max(delay, asked, 0.05), limit - down_for))
             now = time.monotonic()  # one probe per endpoint and round, shared as in _is_down
             await asyncio.gather(*(self._is_down(ep, now) for ep in self.endpoints))
 
@@ -274,8 +348,9 @@ class ModelClient:
             delay = max(delay, min(retry_after, self.ccfg.backoff_max_s))
         return delay
 
-    async def _attempt(self, ep: EndpointState, body: dict[str, Any]) -> tuple[dict, float]:
-        broken: tuple[str, Exception] | None = None
+    async def _attempt(self, ep: EndpointState, body: dict[str, Any]
+                       ) -> tuple[dict, Usage, float]:
+        broken: tuple[str, str, Exception] | None = None
         ep.in_flight += 1
         try:
             async with ep.semaphore:
@@ -286,41 +361,60 @@ class ModelClient:
                         r = await ep.http.post(f"{ep.url}/chat/completions", json=body,
                                                  headers=self.headers)
                 except (TimeoutError, httpx.TimeoutException) as e:
-                    broken = f"timeout from {ep.url}", e
+                    broken = (f"timeout from {ep.url} after "
+                              f"{self.ccfg.request_timeout_s:g} s"), "timeout", e
                 except (httpx.ConnectError, httpx.RemoteProtocolError,
                         httpx.ReadError, httpx.WriteError) as e:
-                    broken = f"connection error to {ep.url}: {e!r}", e
+                    broken = (f"connection to {ep.url} broken: {_why(e)}", "connection_error",
+                              e)
                 latency = time.perf_counter() - t0
         finally:
             ep.in_flight -= 1
         if broken is not None:
-            message, exc = broken
-            ep.failures += 1
-            if await self._is_down(ep, time.monotonic()):
+            message, kind, exc = broken
+            if await self._is_down(ep, time.monotonic()):  # refused: down, whatever came before
+                ep.failures += 1
                 raise _EndpointDown(message) from exc
-            ep.consecutive_failures += 1
-            raise _Retryable(message) from exc
+            raise self._transient(ep, _Retryable(message, kind)) from exc
         if r.status_code in RETRYABLE_STATUS or r.status_code >= 500:
-            self._note_failure(ep)
-            ra = r.headers.get("retry-after")
-            raise _Retryable(f"HTTP {r.status_code} from {ep.url}: {r.text[:200]}",
-                             retry_after=float(ra) if ra and ra.replace(".", "").isdigit()
-                             else None)
+            raise self._transient(ep, _Retryable(
+                f"HTTP {r.status_code} from {ep.url}: {r.text[:200]}",
+                status_kind(r.status_code), retry_after_s(r.headers.get("retry-after"))))
         if r.status_code != 200:
             raise BadRequestError(f"{self.cfg.name}: HTTP {r.status_code} from {ep.url}: "
                                   f"{r.text[:500]}", model=self.cfg.model, attempts=1)
         try:
             data = r.json()
-            data["choices"][0]["message"]["content"]  # noqa: B018  (shape check)
+            content = data["choices"][0]["message"]["content"]
+            if not isinstance(content, str | None):
+                raise TypeError(f"content is {type(content).__name__}, not text")
+            usage = _usage(data.get("usage"))
         except (ValueError, KeyError, IndexError, TypeError) as e:
-            self._note_failure(ep)
-            raise _Retryable(f"malformed response from {ep.url}: {r.text[:200]!r}") from e
+            ep.failures += 1  # the server answered: this request's fault, not the endpoint's
+            raise _Retryable(f"malformed response from {ep.url} ({e}): {r.text[:200]!r}",
+                             "bad_response") from e
         ep.consecutive_failures = 0
-        return data, latency
+        return data, usage, latency
 
-    def _note_failure(self, ep: EndpointState) -> None:
+    def _transient(self, ep: EndpointState, err: _Retryable) -> Exception:
+        """What a transient error of a completion means: ``err`` (the request spends an
+        attempt), or ``_EndpointDown`` (free) once the endpoint's completions have failed
+        ``failing_after`` times in a row, or if it is already down."""
         ep.failures += 1
+        now = time.monotonic()
+        if err.retry_after is not None:
+            ep.not_before = max(ep.not_before, now + err.retry_after)
+        if ep.healthy is False:
+            return _EndpointDown(str(err))
         ep.consecutive_failures += 1
+        if ep.consecutive_failures < self.ccfg.failing_after:
+            return err
+        ep.failing = True
+        ep.last_error = f"completions failing ({ep.consecutive_failures} in a row): {err}"
+        log.warning("completions of %s at %s keep failing (%s): endpoint down", self.cfg.name,
+                    ep.url, err)
+        self._set_health(ep, False)
+        return _EndpointDown(str(err))
 
     async def chat(self, body: dict[str, Any],
                    parse: Callable[[str], T] | None = None) -> tuple[ChatResponse, T | None]:
@@ -336,7 +430,7 @@ class ModelClient:
         while True:
             ep = await self._pick()
             try:
-                data, latency = await self._attempt(ep, body)
+                data, usage, latency = await self._attempt(ep, body)
             except _EndpointDown:
                 continue
             except _Retryable as e:
@@ -345,7 +439,7 @@ class ModelClient:
                     attempts = failures + parse_failures
                     raise ModelCallError(
                         f"{self.cfg.name}: no answer after {attempts} attempts; last error: "
-                        f"{e}", model=self.cfg.model, attempts=attempts) from e
+                        f"{e}", kind=e.kind, model=self.cfg.model, attempts=attempts) from e
                 await asyncio.sleep(self._backoff(failures, e.retry_after))
                 continue
             text = data["choices"][0]["message"]["content"] or ""
@@ -360,9 +454,5 @@ class ModelClient:
                             f"{self.cfg.name}: unusable output {parse_failures} times ({e})",
                             raw=text, model=self.cfg.model) from e
                     continue
-            u = data.get("usage") or {}
-            usage = Usage(prompt_tokens=int(u.get("prompt_tokens") or 0),
-                          completion_tokens=int(u.get("completion_tokens") or 0),
-                          total_tokens=int(u.get("total_tokens") or 0))
             return ChatResponse(text=text, usage=usage, latency_s=latency, endpoint=ep.url,
                                 attempts=failures + parse_failures + 1, raw=data), parsed

@@ -163,6 +163,14 @@ class ClientConfig(_Section):
     outage_limit_s: float = Field(
         1800.0, gt=0, description="how long requests wait while no endpoint of a model answers "
         "before the run stops (unmarked, to be resumed)")
+    failing_after: int = Field(
+        3, ge=1, description="consecutive transient errors (429, 5xx, timeouts, broken "
+        "connections) of an endpoint's completions after which it counts as down, like one "
+        "refusing connections: requests wait without spending attempts until a trial "
+        "completion succeeds (docs/failures.md)")
+    trial_timeout_s: float = Field(
+        60.0, gt=0, description="time limit of the trial completion that decides whether an "
+        "endpoint whose completions failed answers again")
     cache: bool = True
     cache_path: str | None = Field(None, description="a folder; default: <out>/cache")
     cache_local_dir: str | None = Field(

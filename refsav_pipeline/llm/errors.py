@@ -1,12 +1,14 @@
 """Model-call failures, as ``RecordError``s so the pipeline marks one row failed and goes on.
 
-Kinds: ``server_error`` (no usable answer after the retry budget: 5xx, 429, timeouts),
-``unparseable_output`` (the model answered but not in the required structure; the message
-keeps the raw text), ``model_bad_request`` (the server refused the request itself, e.g. too many
-images or context too long — retrying cannot help), ``request_too_long`` (refused before
-sending: its counted tokens exceed the model's ``max_model_len``; the message has the numbers),
-``bad_image`` (input is not JPEG),
-``bad_input`` (wrong number of images or text inputs for the prompt).
+Kinds after the retry budget is spent, named after the last error: ``timeout``, ``http_5xx``,
+``rate_limited`` (429), ``connection_error`` (reset or broken), ``server_error`` (408, 409,
+425), ``bad_response`` (an answer that is not a chat completion: not JSON, no text, token
+counts that are not counts). ``unparseable_output``: the model answered but not in the
+required structure; the message keeps the raw text. ``model_bad_request``: the server refused
+the request itself, e.g. too many images or context too long; retrying cannot help.
+``request_too_long``: refused before sending, its counted tokens exceed the model's
+``max_model_len``; the message has the numbers. ``bad_image``: input is not JPEG.
+``bad_input``: wrong number of images or text inputs for the prompt.
 
 A model that no endpoint answers is not a row's failure: requests wait, and past the outage
 limit the run stops (``OutageLimitReached``) with nothing marked.

@@ -25,7 +25,7 @@ from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline.captions import caption_masklet
-from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video
+from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video_within
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
 
@@ -51,7 +51,7 @@ class PreparedRefs(BaseModel):
 @ray.remote(max_retries=3)
 def prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, fingerprint: str,
                     only: set[MaskletKey] | None) -> PreparedRefs:
-    pv = prepare_video(sav_root, ref, cfg, fingerprint, only)
+    pv = prepare_video_within(sav_root, ref, cfg, fingerprint, only)
     return PreparedRefs(video_id=pv.video_id, jobs=[(j.key, ray.put(j)) for j in pv.jobs],
                         failed=pv.failed, frames_decoded=pv.frames_decoded,
                         frames_needed=pv.frames_needed, cpu_s=pv.cpu_s)

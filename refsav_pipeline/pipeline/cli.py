@@ -23,6 +23,8 @@ from refsav_pipeline.pipeline.driver import (
     prepare_output,
     shards_to_do,
 )
+from refsav_pipeline.pipeline.interrupts import Interrupted, stop_on_signals
+from refsav_pipeline.pipeline.lease import run_lease
 from refsav_pipeline.pipeline.plan import PLAN_FILE, load_plan
 from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
 from refsav_pipeline.pipeline.status import print_status, run_status
@@ -64,17 +66,65 @@ def _ignored_on_existing_run(out: Path, shard_size: int | None, limit_videos: in
                       f"{load_plan(out).num_videos} videos (--force plans again)")
 
 
+EXIT_FAILED_ROWS = 3
+"""``run``/``resume`` finished, but some rows failed (``--allow-failed-rows``: 0). Distinct from
+usage mistakes (2), failures of the command itself (1) and signals (128 + the signal)."""
+
+RETRYABLE_STATUSES = ("failed", "rejected")
+"""Row statuses that ``resume --retry-failed`` is for (``rejected_inconsistent`` is an answer)."""
+
+
+def _shards_done(out: Path) -> str:
+    if not (out / PLAN_FILE).is_file():
+        return "nothing was planned yet"
+    todo, total = shards_to_do(out)
+    return f"{total - todo} of {total} shards done, the rest unmarked"
+
+
 @contextlib.contextmanager
-def _stops_cleanly(out: Path) -> Iterator[None]:
-    """A run that cannot go on (no model answers, the output cannot be written): one line with
-    the cause and exit 1. Nothing was marked, so ``resume`` redoes exactly what was in flight."""
-    try:
-        yield
-    except RunStopped as exc:
-        console.print(f"[red]error:[/red] {exc}. Nothing was marked failed; "
-                      f"`refsav resume --out {out}` finishes the run once this is fixed.",
-                      soft_wrap=True, highlight=False)
-        raise typer.Exit(1) from exc
+def _ends_cleanly(out: Path) -> Iterator[None]:
+    """How a run ends early, in one line each:
+    - it cannot go on (no model answers, the output cannot be written): ``error:``, exit 1;
+    - SIGINT or SIGTERM (Ctrl-C, ``kill``, Slurm): ``interrupted:``, exit 128 + signal.
+    Nothing in flight was marked, so ``resume`` redoes exactly that."""
+    with stop_on_signals():
+        try:
+            yield
+        except RunStopped as exc:
+            console.print(f"[red]error:[/red] {exc}. Nothing was marked failed; "
+                          f"`refsav resume --out {out}` finishes the run once this is fixed.",
+                          soft_wrap=True, highlight=False)
+            raise typer.Exit(1) from exc
+        except Interrupted as exc:
+            console.print(f"[yellow]interrupted:[/yellow] stopped by {exc.name}; "
+                          f"{_shards_done(out)}. `refsav resume --out {out}` continues.",
+                          soft_wrap=True, highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+
+
+def _finish(out: Path, allow_failed_rows: bool) -> None:
+    """Print the status table; if rows failed, say how many and how to redo them, and exit
+    ``EXIT_FAILED_ROWS`` unless they are allowed."""
+    st = run_status(out)
+    print_status(st, out_console)
+    bad = {k: v for k, v in st.rows_by_status.items() if k in RETRYABLE_STATUSES and v}
+    if not bad:
+        return
+    what = " and ".join(f"{n} {status}" for status, n in bad.items())
+    kinds = ", ".join(f"{k} {v}" for k, v in st.failures_by_kind.items())
+    line = (f"{what} of {st.rows} rows ({kinds}). `refsav resume --out {out} --retry-failed` "
+            "redoes them")
+    if allow_failed_rows:
+        console.print(f"warning: {line}", soft_wrap=True, highlight=False, markup=False)
+        return
+    console.print(f"error: {line}; exit {EXIT_FAILED_ROWS} (--allow-failed-rows: 0)",
+                  soft_wrap=True, highlight=False, markup=False)
+    raise typer.Exit(EXIT_FAILED_ROWS)
+
+
+AllowFailedOpt = Annotated[bool, typer.Option(
+    "--allow-failed-rows", help=f"Exit 0 when the run finishes with failed rows (default: "
+    f"exit {EXIT_FAILED_ROWS}, so scripts and Slurm see them).")]
 
 
 def run(
@@ -88,6 +138,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Start over if --out holds an incompatible run.")]
     = False,
     progress: ProgressOpt = True,
+    allow_failed_rows: AllowFailedOpt = False,
 ) -> None:
     """Generate Ref-SAV rows for every selected masklet, shard by shard, on Ray."""
     cfg = load_config(config)
@@ -100,14 +151,15 @@ def run(
         prepare_output(sav_root, out, cfg)  # an existing plan: refused or reused, nothing written
         _ignored_on_existing_run(out, shard_size, limit_videos)
         if _nothing_to_do(out):
-            print_status(run_status(out), out_console)
+            _finish(out, allow_failed_rows)
             return
-    check_models(cfg, config_path=config)
-    with _stops_cleanly(out):
-        prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
-                       videos=refs)
-        execute(out, cfg, address=address, show_progress=progress, console=console)
-    print_status(run_status(out), out_console)
+    with _ends_cleanly(out):
+        check_models(cfg, config_path=config)
+        with run_lease(out, "refsav run"):
+            prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
+                           videos=refs)
+            execute(out, cfg, address=address, show_progress=progress, console=console)
+    _finish(out, allow_failed_rows)
 
 
 def resume(
@@ -119,6 +171,7 @@ def resume(
     address: AddressOpt = None,
     progress: ProgressOpt = True,
     verify: VerifyOpt = False,
+    allow_failed_rows: AllowFailedOpt = False,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
     out = run_folder(out)
@@ -128,11 +181,12 @@ def resume(
     if not _nothing_to_do(out, retry_failed):
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
-        check_models(cfg, config_path=config, run_out=out if config is None else None)
-        with _stops_cleanly(out):
-            execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
-                    show_progress=progress, console=console)
-    print_status(run_status(out), out_console)
+        with _ends_cleanly(out):
+            check_models(cfg, config_path=config, run_out=out if config is None else None)
+            with run_lease(out, "refsav resume"):
+                execute(out, cfg, address=address, retry_failed=retry_failed, verify=verify,
+                        show_progress=progress, console=console)
+    _finish(out, allow_failed_rows)
 
 
 def status(
@@ -206,7 +260,7 @@ def demo(
             console.print(f"reference model server at {url}")
             cfg = with_endpoints(cfg, url)
             check_models(cfg)
-            with _stops_cleanly(run_dir):
+            with _ends_cleanly(run_dir), run_lease(run_dir, "refsav demo"):
                 prepare_output(sav, run_dir, cfg, videos=refs)
                 execute(run_dir, cfg, show_progress=progress, console=console)
     print_status(run_status(run_dir), out_console)

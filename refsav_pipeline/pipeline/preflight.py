@@ -10,10 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import typer
+
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
+from refsav_pipeline.sav.index import SavVideoRef, scan_sav_root
 
 SAV_ROOT_FIX = ("pass the folder that holds sav_train/ (or the <video>_manual.json files) as "
                 "--sav-root")
@@ -27,9 +29,12 @@ def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
     if not root.is_dir():
         raise InputError(f"SA-V root {root} is a file, not a folder: {fix}")
     try:
-        videos = index_sav_root(root)
+        index = scan_sav_root(root)
     except (OSError, ValueError) as exc:
         raise InputError(f"SA-V root {root}: {exc}") from exc
+    videos = index.videos
+    if index.skipped:
+        typer.echo(f"warning: {index.skipped_line()}", err=True)
     if not videos:
         raise InputError(f"SA-V root {root} holds no video (no *_manual.json under it): "
                          f"{fix}")

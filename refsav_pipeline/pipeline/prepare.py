@@ -7,6 +7,8 @@ frames once → render and encode each masklet's images.
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -161,3 +163,37 @@ def _render(root: Path, ref: SavVideoRef, cfg: PipelineConfig,
             ))
         except RecordError as err:
             out.failed.append(failed_row(base, err))
+
+
+def prepare_video_within(sav_root: str | Path, ref: SavVideoRef, cfg: PipelineConfig,
+                         fingerprint: str, only: set[MaskletKey] | None = None) -> PreparedVideo:
+    """``prepare_video`` with ``cfg.run.video_timeout_s``: past it, one ``video_timeout`` row per
+    annotation file (as for a file that cannot be read) and the shard goes on.
+
+    The work runs in a daemon thread: a read blocked in the kernel (a hung NFS mount, a FIFO
+    put there after planning) cannot be interrupted, but need not hold the task; the thread
+    is left behind and the process can still exit.
+    """
+    answer: queue.SimpleQueue[PreparedVideo | BaseException] = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            answer.put(prepare_video(sav_root, ref, cfg, fingerprint, only))
+        except BaseException as exc:  # noqa: BLE001 (handed to the caller as is)
+            answer.put(exc)
+
+    threading.Thread(target=work, name=f"prepare-{ref.video_id}", daemon=True).start()
+    limit = cfg.run.video_timeout_s
+    try:
+        got = answer.get(timeout=limit)
+    except queue.Empty:
+        err = RecordError("video_timeout", f"reading and rendering took more than {limit:g} s "
+                          "(run.video_timeout_s): a hung file system, or a file that never "
+                          "ends", video_id=ref.video_id)
+        return PreparedVideo(video_id=ref.video_id, jobs=[], failed=[
+            failed_row(_file_base(ref, mtype, fingerprint), err)
+            for mtype in ref.annotation_paths() if mtype in cfg.selection.masklet_types
+            and (only is None or any(k[0] == ref.video_id and k[1] == mtype for k in only))])
+    if isinstance(got, BaseException):
+        raise got
+    return got

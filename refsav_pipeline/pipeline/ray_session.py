@@ -12,6 +12,7 @@ import ray
 from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.pipeline import interrupts
 from refsav_pipeline.pipeline.lifeline import Lifeline
 
 
@@ -38,6 +39,7 @@ def ray_session(address: str | None, cfg: PipelineConfig,
                  object_store_memory=cfg.run.object_store_memory_mb * 1024 * 1024, **kwargs)
         ctx = ray.get_runtime_context()
         lifeline.watch(os.path.join(ctx.get_temp_dir(), ctx.get_session_name()))
+    interrupts.reassert()  # Ray's SIGTERM handler dumps a C++ stack; ours says what to do
     if console is not None:
         nodes = [n for n in ray.nodes() if n.get("Alive")]
         cpus = int(ray.cluster_resources().get("CPU", 0))

@@ -11,11 +11,7 @@ masklet does not grow with what is in flight.
 from __future__ import annotations
 
 import logging
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +22,7 @@ from rich.console import Console
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import RunStopped
 from refsav_pipeline.pipeline.actors import PreparedRefs, caption_actors
+from refsav_pipeline.pipeline.interrupts import stop_requests, stopped
 from refsav_pipeline.pipeline.model_health import ModelHealthLine
 from refsav_pipeline.pipeline.plan import Plan, Shard
 from refsav_pipeline.pipeline.prepare import MaskletKey
@@ -40,29 +37,6 @@ STATUS_EVERY_S = 1.0
 """How often the driver asks each caption actor for its status (in flight, outages)."""
 
 
-@contextmanager
-def interrupt_requests() -> Iterator[threading.Event]:
-    """Ctrl-C (and the Slurm job's SIGINT before its time limit) as a flag the scheduling loop
-    checks, so the stop happens at a known point of the loop, never inside a library call
-    that might swallow the KeyboardInterrupt. A second Ctrl-C interrupts at once."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop  # signals reach only the main thread's handlers
-        return
-
-    def on_sigint(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-
 def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: list[Shard], *,
                retry: dict[int, set[MaskletKey]] | None = None, show_progress: bool = True,
                console: Console | None = None) -> RunStats:
@@ -72,7 +46,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     t_start = time.time()
     stats = RunStats()
     book = ShardBook(out_dir, plan, shards, retry, stats)
-    with interrupt_requests() as stop, caption_actors(cfg, out_dir) as actors:
+    with stop_requests() as stop, caption_actors(cfg, out_dir) as actors:
         sched = Scheduler(cfg, plan, book.videos, actors)
         in_flight: list[dict[str, int]] = [{} for _ in actors]
         with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
@@ -82,7 +56,8 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
             last_poll = 0.0
             while sched.busy:
                 if stop.is_set():
-                    raise KeyboardInterrupt  # the actors close on the way out
+                    sched.cancel_calls()
+                    raise stopped()  # the actors close on the way out
                 sched.dispatch()
                 if time.monotonic() - last_poll > STATUS_EVERY_S:
                     last_poll = time.monotonic()

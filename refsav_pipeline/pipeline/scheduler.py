@@ -69,6 +69,7 @@ class Scheduler:
         self.done: queue.SimpleQueue[tuple[str, Any, Any]] = queue.SimpleQueue()
         self.sent_bytes = 0
         self.asking: set[int] = set()  # actors asked for their status, not answered yet
+        self.calls: set[ray.ObjectRef] = set()  # caption calls not returned yet
         self._prepare = prepare_remote.options(num_cpus=run.cpus_per_task)
         self._cfg_ref = ray.put(cfg)  # sent once, not with every video
 
@@ -97,10 +98,21 @@ class Scheduler:
             i = min(range(len(self.load)), key=self.load.__getitem__)
             self.load[i] += n
             self.captioning += n
-            self._watch("captioned", (shard_id, pos, task, [k for k, _ in batch], i),
-                        self.actors[i].caption.remote(*(ref for _, ref in batch)))
+            call = self.actors[i].caption.remote(*(ref for _, ref in batch))
+            self.calls.add(call)
+            call.future().add_done_callback(lambda _, call=call: self.calls.discard(call))
+            self._watch("captioned", (shard_id, pos, task, [k for k, _ in batch], i), call)
             if not jobs:
                 self.prepared.popleft()
+
+    def cancel_calls(self) -> None:
+        """Cancel the caption calls in flight (the run stops): cancelled, they are not retried
+        when their actor is killed, so Ray has nothing to say about them."""
+        for call in list(self.calls):
+            try:
+                ray.cancel(call)
+            except (RayError, ValueError, TypeError):
+                continue
 
     def video_prepared(self, task: VideoTask, jobs: list[tuple[MaskletKey, Any]]) -> None:
         self.preparing -= 1

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from refsav_pipeline.pipeline.lease import read_lease
 from refsav_pipeline.pipeline.plan import load_plan
 from refsav_pipeline.pipeline.shards import ShardState, shard_states
 
@@ -34,7 +35,8 @@ class RunStatus(BaseModel):
     completion_tokens: int
     rows_per_s: float | None  # over the busiest stretch of finished shards
     videos_per_s: float | None
-    eta_s: float | None
+    running: str | None = None  # who runs it now (from its lease), None if nobody
+    eta_s: float | None  # 0 when done; otherwise only while a run is alive
 
 
 def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
@@ -50,12 +52,17 @@ def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
     videos = {s.shard_id: len(s.videos) for s in plan.shards}
     done_videos = sum(videos[m.shard_id] for m in markers)
     rows_per_s = videos_per_s = eta = None
+    lease = read_lease(out_dir)
+    running = lease.describe() if lease is not None and lease.alive() else None
     if markers:
         span = max(m.finished_at for m in markers) - min(m.started_at for m in markers)
         if span > 0:
             rows_per_s = sum(m.rows for m in markers) / span
             videos_per_s = done_videos / span
-            eta = (plan.num_videos - done_videos) / videos_per_s
+            if running is not None:
+                eta = (plan.num_videos - done_videos) / videos_per_s
+    if counts.get(ShardState.done.value, 0) == len(plan.shards):
+        eta = 0.0
     return RunStatus(
         out_dir=str(out_dir), sav_root=plan.sav_root, config_fingerprint=plan.config_fingerprint,
         shards_total=len(plan.shards),
@@ -67,7 +74,7 @@ def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
         cached_calls=sum(m.cached_calls for m in markers),
         prompt_tokens=sum(m.prompt_tokens for m in markers),
         completion_tokens=sum(m.completion_tokens for m in markers),
-        rows_per_s=rows_per_s, videos_per_s=videos_per_s, eta_s=eta,
+        rows_per_s=rows_per_s, videos_per_s=videos_per_s, running=running, eta_s=eta,
     )
 
 
@@ -77,6 +84,10 @@ def print_status(st: RunStatus, console: Console) -> None:
     t.add_column("value")
     t.add_row("SA-V root", st.sav_root)
     t.add_row("config", st.config_fingerprint)
+    done = st.shards["done"] == st.shards_total
+    t.add_row("run", f"running: {st.running}" if st.running else
+              "finished" if done else "not running (`refsav resume --out "
+              f"{st.out_dir}` continues it)")
     t.add_row("shards", f"{st.shards['done']} done / {st.shards['partial']} partial / "
               f"{st.shards['pending']} pending (of {st.shards_total})")
     t.add_row("videos", f"{st.videos_done} / {st.videos_total}")
@@ -84,6 +95,7 @@ def print_status(st: RunStatus, console: Console) -> None:
                                                   st.rows_by_status.items()))
     if st.failures_by_kind:
         t.add_row("failures", ", ".join(f"{k} {v}" for k, v in st.failures_by_kind.items()))
+        t.add_row("retry them", f"refsav resume --out {st.out_dir} --retry-failed")
     t.add_row("model calls", f"{st.model_calls} ({st.cached_calls} from cache)")
     t.add_row("tokens", f"{st.prompt_tokens} prompt / {st.completion_tokens} completion")
     if st.rows_per_s is not None:

@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from refsav_pipeline.cli_common import fail, run_folder
+from refsav_pipeline.errors import InputError
 
 benchmark_app = typer.Typer(help="Choose the benchmark subset (whole videos, held out of "
                                  "training).", no_args_is_help=True)
@@ -70,11 +71,23 @@ def select_cmd(
         typer.echo(f"note: fewer than {count} eligible objects fit in whole videos", err=True)
 
 
+def _selected_run(out: Path) -> Path:
+    """``out`` if it is a run with a selected benchmark; else an ``InputError`` with the command
+    to run first, before anything (the decisions database) is created there."""
+    from refsav_pipeline.review.paths import benchmark_path
+
+    out = run_folder(out)
+    if not benchmark_path(out).is_file():
+        raise InputError(f"{out} has no benchmark selected yet ({benchmark_path(out)} is "
+                         f"missing): run `refsav benchmark select --out {out}` first")
+    return out
+
+
 def _serve(out: Path, host: str, port: int | None, users: Path | None, proxies: str,
            gold_rate: float) -> None:
     from refsav_pipeline.review.app import serve
 
-    out = run_folder(out)
+    out = _selected_run(out)
     if users is not None and not users.is_file():
         raise fail(f"users file {users} not found (create it with "
                    "`refsav review add-user`)")
@@ -123,7 +136,7 @@ def stats_cmd(out: Out,
     samples (95 % Wilson interval) and throughput over active time."""
     from refsav_pipeline.review.stats import IDLE_GAP_S, MIN_ACTIVE_S, review_stats
 
-    stats = review_stats(run_folder(out))
+    stats = review_stats(_selected_run(out))
     if as_json:
         typer.echo(stats.model_dump_json(indent=1))
         return
@@ -157,7 +170,7 @@ def export_cmd(out: Out) -> None:
     for adjudication."""
     from refsav_pipeline.review.export import export_report
 
-    path, rows, refused, disputed = export_report(run_folder(out))
+    path, rows, refused, disputed = export_report(_selected_run(out))
     long_ok = sum(r.long_accepted for r in rows)
     shorts = sum(len(r.short_expressions) for r in rows)
     for r in refused:

@@ -14,7 +14,7 @@ from rich.table import Table
 from refsav_pipeline.cli_common import fail
 from refsav_pipeline.errors import InputError, RecordError
 from refsav_pipeline.sav.frames import choose_frames
-from refsav_pipeline.sav.index import find_video
+from refsav_pipeline.sav.index import SavVideoRef, find_video
 from refsav_pipeline.sav.masklets import read_video_masklets
 from refsav_pipeline.sav.synth import synth_sav
 
@@ -43,9 +43,10 @@ def synth(
     console.print(f"wrote {len(made)} videos, {n} masklets under {out}")
 
 
-def inspect_rows(sav_root: Path, video: str, kind: str, num_sampled: int = 8) -> list[dict]:
+def inspect_rows(sav_root: Path, video: str, kind: str, num_sampled: int = 8,
+                 ref: SavVideoRef | None = None) -> list[dict]:
     """One dict per masklet with the frames the pipeline will use (JSON files only)."""
-    ref = find_video(sav_root, video)
+    ref = ref or find_video(sav_root, video)
     types = ("manual", "auto") if kind == "all" else (kind,)
     rows = []
     for m in read_video_masklets(sav_root, ref, types):
@@ -75,12 +76,12 @@ def inspect(
         raise InputError(f"SA-V root {sav_root} is not a folder: pass the folder that holds "
                          "sav_train/ (or the <video>_manual.json files) as --sav-root")
     try:
-        find_video(sav_root, video)
+        ref = find_video(sav_root, video)
     except FileNotFoundError as exc:
         raise InputError(f"{exc}: pass a video id of that root as --video (e.g. sav_000001)"
                          ) from exc
     try:
-        rows = inspect_rows(sav_root, video, type.value)
+        rows = inspect_rows(sav_root, video, type.value, ref=ref)
     except RecordError as exc:
         raise fail(str(exc), 1) from exc
     if as_json:
