@@ -9,11 +9,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pipeline_helpers import config_for
+from pipeline_helpers import config_for, content, write_config
+from typer.testing import CliRunner
 
+from refsav_pipeline.cli import app
 from refsav_pipeline.llm.answer_checks import DEFECT_KINDS, AnswerChecker
 from refsav_pipeline.pipeline.cli import free_port, reference_server
-from refsav_pipeline.pipeline.driver import execute, prepare_output
+from refsav_pipeline.pipeline.driver import execute, load_run_config, prepare_output
 from refsav_pipeline.pipeline.status import run_status
 from refsav_pipeline.pipeline.uniqueness import AMBIGUOUS, similarity
 from refsav_pipeline.records import read_rows
@@ -99,3 +101,26 @@ def test_same_caption_for_every_object_is_ambiguous_until_healed(
             r["video_caption"]
         assert r["prompt_versions"]["video"] == "video_caption_contrastive@v1"
         assert r["check_failures"] == ["video:ambiguous"]
+
+
+def test_requalify_rejudges_without_models_then_retry_heals_from_cache(
+        synth_root: Path, local_ray: None, healthy: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    cfg = config_for(healthy)
+    prepare_output(synth_root, out, cfg)
+    execute(out, cfg, show_progress=False)
+    clean = read_rows(out)
+    strict = cfg.model_copy(deep=True)
+    strict.checks.max_words["video"] = 5
+    res = CliRunner().invoke(app, ["requalify", "--out", str(out), "--config",
+                                   str(write_config(strict, tmp_path / "strict.yaml"))])
+    assert res.exit_code == 0, res.output  # no model server is asked: none is needed
+    rows = read_rows(out).to_pylist()
+    assert {(r["status"], r["error_kind"]) for r in rows} == {("rejected", "runaway")}
+    assert all(r["rejected_answer"] == r["video_caption"] and "requalified" in r["error"]
+               for r in rows)
+    assert "runaway" in res.output and load_run_config(out).checks.max_words["video"] == 5
+
+    execute(out, cfg, retry_failed=True, show_progress=False)  # the old checks again
+    assert content(read_rows(out)) == content(clean)
+    assert all(r["cached_calls"] == 5 for r in read_rows(out).to_pylist())

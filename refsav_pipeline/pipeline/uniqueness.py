@@ -104,8 +104,8 @@ def settle(rows: Sequence[RefSavRow], recaptioned: set[SampleKey],
                 check_failures=[*row.check_failures, f"video:{AMBIGUOUS}"],
                 error=f"video {row.video_id} masklet {row.masklet_id}: its video caption "
                       f"still matches {other.masklet_type} masklet {other.masklet_id}'s "
-                      f"(similarity {best:.2f} ≥ {cfg.similarity_threshold}) after a "
-                      "contrastive re-caption")
+                      f"(similarity {best:.2f} ≥ {cfg.similarity_threshold})"
+                      + (" after a contrastive re-caption" if row.first_video_caption else ""))
         out.append(row.model_copy(update=update))
     return out
 
