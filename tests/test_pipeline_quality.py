@@ -4,6 +4,7 @@ server is healthy ``--retry-failed`` heals every row."""
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ from pipeline_helpers import config_for, content, write_config
 from typer.testing import CliRunner
 
 from refsav_pipeline.cli import app
+from refsav_pipeline.export.report import build_report
 from refsav_pipeline.llm.answer_checks import DEFECT_KINDS, AnswerChecker
 from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.pipeline.driver import execute, load_run_config, prepare_output
@@ -70,6 +72,14 @@ def test_every_bad_kind_then_retry_failed_heals(synth_root: Path, local_ray: Non
     status = run_status(out)
     assert status.rows_by_status["rejected"] == len(rejected)
     assert sum(status.rejected_by_kind.values()) == len(rejected)
+    page = build_report(out, cfg, gallery_size=2).read_text()
+    quality = page[page.index('id="quality"'):page.index("Caption lengths")]
+    for kind in {r["error_kind"] for r in rejected}:
+        assert kind in quality
+    summary = json.loads((out / "report" / "summary.json").read_text())["quality"]
+    assert sum(summary["rejected_by_kind"].values()) == len(rejected)
+    assert summary["healed_rows"] == sum(r["status"] == "ok" and bool(r["check_failures"])
+                                         for r in rows)
 
     execute(out, config_for(healthy), retry_failed=True, show_progress=False)
     rows = read_rows(out).to_pylist()

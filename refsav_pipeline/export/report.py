@@ -1,6 +1,7 @@
 """``refsav report``: one static HTML page that lets a person judge a run in a minute.
 
-Top to bottom: headline numbers, what went wrong (status and error kinds, with examples), how
+Top to bottom: headline numbers, what went wrong (status and error kinds, with examples), the
+answer checks and referring uniqueness (``export.quality``), how
 long the captions are against the published Ref-SAV mean, which masklets the run covered, what
 the model calls cost, and a gallery of samples showing the exact images the models saw next to
 their captions. Everything is a file next to ``index.html`` (plots and images under ``img/``),
@@ -30,6 +31,11 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
 from refsav_pipeline.errors import RecordError  # noqa: E402
+from refsav_pipeline.export.quality import (  # noqa: E402
+    QualitySummary,
+    plot_similarity,
+    quality_summary,
+)
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
 from refsav_pipeline.pipeline.plan import load_plan  # noqa: E402
 from refsav_pipeline.progress import progress  # noqa: E402
@@ -44,7 +50,8 @@ IMG_DIR = "img"
 REFSAV_MEAN_WORDS = 83.6
 """Average expression length of the published Ref-SAV train set (Sa2VA paper), in words."""
 
-STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "failed": "#c62828"}
+STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "rejected": "#ef6c00",
+                 "failed": "#c62828"}
 CAPTIONS = ("object_caption", "scene_caption", "video_caption")
 STRIP_HEIGHT = 120
 
@@ -345,6 +352,29 @@ def _table(headers: list[str], rows: list[list[str]], numeric: set[int]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _quality_html(q: QualitySummary, plot: str | None, threshold: float) -> str:
+    """The answer-quality section (data from ``export.quality``; docs/quality.md)."""
+    kinds = sorted({k for per_call in q.failed_answers.values() for k in per_call})
+    checks = _table(["call", *kinds], [[_e(c), *(str(per.get(k, 0)) for k in kinds)]
+                                       for c, per in q.failed_answers.items()],
+                    set(range(1, len(kinds) + 1))) if kinds else \
+        '<p class="note">Every answer passed its checks at the first attempt.</p>'
+    examples = _table(["kind", "video", "masklet", "rejected answer", "why"],
+                      [[_e(x.kind), _e(x.video_id), str(x.masklet_id), _e(x.answer), _e(x.error)]
+                       for x in q.examples], {2}) if q.examples else ""
+    rejected = ", ".join(f"{_e(k)} {v}" for k, v in q.rejected_by_kind.items()) or "none"
+    img = f'<img src="{_e(plot)}" alt="similarity between objects of a video">' if plot else \
+        '<p class="note">No video with two ok objects.</p>'
+    return f"""<div class="row"><div class="panel">{checks}
+<p class="note">Answers that failed a check, per call and check kind, whether a retry healed
+them or not. Rows whose answers stayed bad are <b>rejected</b>: {rejected}. Ok rows healed by
+a retry: {q.healed_rows}.</p></div>
+<div class="panel">{img}<p class="note">Referring uniqueness: each object's highest
+similarity to another object of its video; at {threshold:g} or above two expressions are
+near-duplicates. {q.recaptioned} objects were re-captioned contrastively, {q.recaptioned_ok} of
+them became distinct.</p></div></div>{examples}"""
+
+
 def _gallery_html(items: list[GalleryItem], long_choice: str) -> str:
     parts = []
     for it in items:
@@ -404,12 +434,18 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
              "latency": plot_latency(df, img) if len(ok) else None}
     items, gallery_problems = render_gallery(pick_gallery(df, gallery_size),
                                              Path(plan.sav_root), cfg, img)
+    quality = quality_summary(read_rows(out_dir).to_pylist())
+    threshold = cfg.checks.similarity_threshold
+    similarity_png = plot_similarity(quality, threshold, img / "similarity.png")
+    quality_html = _quality_html(
+        quality, f"{IMG_DIR}/{similarity_png.name}" if similarity_png else None, threshold)
 
     cards = "".join([
         _card(f"{n}", f"rows ({df['video_id'].nunique()} of {plan.num_videos} videos)"),
         _card(pct("ok"), f"ok ({counts.get('ok', 0)})", "ok"),
         _card(pct("rejected_inconsistent"),
               f"rejected by judge ({counts.get('rejected_inconsistent', 0)})", "warn"),
+        _card(pct("rejected"), f"rejected answers ({counts.get('rejected', 0)})", "warn"),
         _card(pct("failed"), f"failed ({counts.get('failed', 0)})", "bad"),
         _card(_fmt(mean_long, 1), f"mean words, long expression (Ref-SAV {REFSAV_MEAN_WORDS})"),
         _card(f"{len(markers)}/{len(plan.shards)}", "shards finished"),
@@ -466,6 +502,9 @@ planned {_e(plan.created)} · report {_e(created)}</div>
 <div class="row"><div class="panel">{fig("status", "rows by status")}</div>
 <div class="panel">{kinds_html}</div></div>
 
+<h2 id="quality">Answer quality</h2>
+{quality_html}
+
 <h2>Caption lengths</h2>
 <div class="panel" id="lengths">{fig("lengths", "caption length histograms")}
 <p class="note">Red line: the published Ref-SAV average expression length
@@ -500,5 +539,6 @@ videos.</p>{gallery_note}
         "mean_words": {c: float(ok[c + "_words"].mean()) if len(ok) else None
                        for c in CAPTIONS},
         "mean_long_words": None if np.isnan(mean_long) else mean_long,
-        "gallery": len(items)}, indent=1))
+        "gallery": len(items), "quality": quality.model_dump(
+            exclude={"examples", "similarity_ok", "similarity_rejected"})}, indent=1))
     return path
