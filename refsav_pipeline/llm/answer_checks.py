@@ -26,10 +26,12 @@ from pydantic import BaseModel, ConfigDict
 from refsav_pipeline.llm.config import AnswerChecksConfig, CheckedCall
 
 DefectKind = Literal["empty_answer", "truncated", "runaway", "not_english", "refusal",
-                     "repetition", "prompt_leak"]
+                     "repetition", "prompt_leak", "unparseable_output"]
 DEFECT_KINDS: tuple[DefectKind, ...] = ("empty_answer", "truncated", "runaway", "not_english",
                                         "refusal", "repetition", "prompt_leak")
 """In the order they are checked: an answer gets the first kind it fails."""
+UNPARSEABLE: DefectKind = "unparseable_output"
+"""Not a check of this module: a structured answer (the judge's JSON) its parser refused."""
 
 
 class Defect(BaseModel):

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 
 from refsav_pipeline.errors import writing_under
-from refsav_pipeline.llm.answer_checks import RETRY_NOTES, AnswerChecker
+from refsav_pipeline.llm.answer_checks import RETRY_NOTES, UNPARSEABLE, AnswerChecker, Defect
 from refsav_pipeline.llm.budget import check_fits
 from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
@@ -75,6 +75,58 @@ def cache_folder(client: ClientConfig, out_dir: str | Path | None) -> Path | Non
     if client.cache_path:
         return Path(client.cache_path)
     return Path(out_dir) / CACHE_DIR if out_dir is not None else None
+
+
+@dataclass
+class _Request:
+    """One call's request, as asked at each attempt: the first as configured; a retry with
+    another seed, the retry temperature and a note on what was wrong (greedy decoding answers
+    the same request the same way). The first attempt's cache key is the same as before
+    retries existed, so older caches still answer it."""
+
+    tpl: PromptTemplate
+    mcfg: ModelEndpointConfig
+    system: str | None
+    user: str
+    parts: list[dict[str, Any]]
+    images: Sequence[bytes]
+    inputs: dict[str, str]
+    image_digests: list[str]
+    sampling: dict[str, Any]
+    mm_kwargs: dict[str, Any]
+    response_format: dict[str, Any] | None
+    retry_temperature: float
+
+    def attempt(self, n: int, note: str | None) -> tuple[dict[str, Any], str]:
+        """(body, cache key) of attempt ``n`` (0: the first); raises ``request_too_long``."""
+        user = f"{self.user}\n{note}" if note else self.user
+        sampling = dict(self.sampling)
+        if n:
+            sampling["seed"] = int(self.sampling.get("seed") or 0) + n
+            sampling["temperature"] = max(float(self.sampling.get("temperature", 0.0)),
+                                          self.retry_temperature)
+        messages: list[dict[str, Any]] = []
+        if self.system:
+            messages.append({"role": "system", "content": self.system})
+        messages.append({"role": "user", "content": [*self.parts, {"type": "text",
+                                                                   "text": user}]
+                         if self.parts else user})
+        body: dict[str, Any] = {"messages": messages, **sampling}
+        if self.mm_kwargs:
+            body["mm_processor_kwargs"] = self.mm_kwargs
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        check_fits(self.mcfg, self.tpl.ref, [self.system, user], self.images, sampling,
+                   self.mm_kwargs)
+        key_parts: dict[str, Any] = {
+            "model": self.mcfg.model, "prompt": self.tpl.ref, "prompt_digest": self.tpl.digest,
+            "system": self.system, "user": user, "inputs": self.inputs,
+            "images": self.image_digests, "sampling": sampling,
+            "mm_processor_kwargs": self.mm_kwargs, "response_format": self.response_format,
+        }
+        if n:
+            key_parts["attempt"] = n
+        return body, cache_key(key_parts)
 
 
 @dataclass
@@ -185,100 +237,74 @@ class ModelSession:
             parts = [jpeg_part(j) for j in images]
         except ValueError as e:
             raise ModelCallError(f"{tpl.ref}: {e}", kind="bad_image", model=mcfg.model) from e
-        base_sampling = {**mcfg.sampling.as_body(), **tpl.sampling}
-        mm_kwargs = {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {}
-        image_digests = [hashlib.sha256(j).hexdigest() for j in images]
-        checked_as = CHECKED_AS[prompt_key]
+        ask = _Request(tpl, mcfg, system, user, parts, images, inputs or {},
+                       [hashlib.sha256(j).hexdigest() for j in images],
+                       {**mcfg.sampling.as_body(), **tpl.sampling},
+                       {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {},
+                       response_format, self.checks.retry_temperature)
         failures: list[str] = []
         unparseable, attempt = 0, first_attempt
         while True:
-            note = RETRY_NOTES[failures[-1]] if failures else None
-            user_text = f"{user}\n{note}" if note else user
-            sampling = dict(base_sampling)
-            if attempt:  # greedy decoding answers the same request the same way
-                sampling["seed"] = int(base_sampling.get("seed") or 0) + attempt
-                sampling["temperature"] = max(float(base_sampling.get("temperature", 0.0)),
-                                              self.checks.retry_temperature)
-            messages: list[dict[str, Any]] = []
-            if system:
-                messages.append({"role": "system", "content": system})
-            messages.append({"role": "user", "content": [*parts, {"type": "text",
-                                                                  "text": user_text}]
-                             if parts else user_text})
-            body: dict[str, Any] = {"messages": messages, **sampling}
-            if mm_kwargs:
-                body["mm_processor_kwargs"] = mm_kwargs
-            if response_format is not None:
-                body["response_format"] = response_format
-            check_fits(mcfg, tpl.ref, [system, user_text], images, sampling, mm_kwargs)
-            key_parts: dict[str, Any] = {
-                "model": mcfg.model, "prompt": tpl.ref, "prompt_digest": tpl.digest,
-                "system": system, "user": user_text, "inputs": inputs or {},
-                "images": image_digests, "sampling": sampling, "mm_processor_kwargs": mm_kwargs,
-                "response_format": response_format,
-            }
-            if attempt:
-                key_parts["attempt"] = attempt
-            key = cache_key(key_parts)
+            body, key = ask.attempt(attempt, RETRY_NOTES[failures[-1]] if failures else None)
             rec = self.cache.get(key) if self.cache is not None else None
             text: str | None
             if rec is not None:
-                text, finish = rec["text"], rec.get("finish_reason", "stop")
-                result = CallResult(text=text, model=mcfg.model, prompt_id=tpl.id,
-                                    prompt_version=tpl.version, usage=Usage(**rec["usage"]),
-                                    latency_s=rec["latency_s"], attempts=rec["attempts"],
-                                    cached=True, check_failures=list(failures))
-                endpoint = ""
+                text, finish, endpoint = rec["text"], rec.get("finish_reason", "stop"), ""
+                usage, latency, tries = Usage(**rec["usage"]), rec["latency_s"], rec["attempts"]
             else:
                 resp, _ = await self._state().clients[role].chat(body)
-                finish = _finish_reason(resp.raw)
+                finish, endpoint = _finish_reason(resp.raw), resp.endpoint
                 text = None if _content(resp.raw) is None else resp.text  # null stays null
-                result = CallResult(text=text or "", model=mcfg.model, prompt_id=tpl.id,
-                                    prompt_version=tpl.version, usage=resp.usage,
-                                    latency_s=resp.latency_s, attempts=resp.attempts + attempt,
-                                    cached=False, check_failures=list(failures))
-                endpoint = resp.endpoint
-            parsed: T | None = None
-            defect = self.checker.check_raw(text, finish)
-            if defect is None and parse is not None:
-                try:
-                    parsed = parse(text or "")
-                except ValueError as e:
-                    unparseable += 1
-                    failures.append("unparseable_output")
-                    if unparseable >= self.client_cfg.max_parse_attempts:
-                        self._count(role, result)
-                        raise UnparseableOutputError(
-                            f"{mcfg.name}: unusable output {unparseable} times ({e})",
-                            raw=text or "", model=mcfg.model) from e
-                    attempt += 1
-                    continue
+                usage, latency, tries = resp.usage, resp.latency_s, resp.attempts + attempt
+            result = CallResult(text=text or "", model=mcfg.model, prompt_id=tpl.id,
+                                prompt_version=tpl.version, usage=usage, latency_s=latency,
+                                attempts=tries, cached=rec is not None,
+                                check_failures=list(failures))
+            self._count(role, result)  # every attempt: bad answers were paid for too
+            defect, parsed = self._verdict(CHECKED_AS[prompt_key], text, finish, parse, prose)
             if defect is None:
-                texts = prose(parsed) if prose is not None and parsed is not None \
-                    else [text or ""]
-                defect = next((d for t in texts
-                               if (d := self.checker.check_prose(checked_as, t)) is not None),
-                              None)
-            if defect is None:
-                if self.cache is not None and not result.cached:
+                if self.cache is not None and rec is None:
                     with writing_under(self.cache.writes_to):  # a full disk stops the run
-                        self.cache.put(key, {"text": text, "usage": result.usage.model_dump(),
-                                             "latency_s": result.latency_s,
-                                             "attempts": result.attempts,
+                        self.cache.put(key, {"text": text, "usage": usage.model_dump(),
+                                             "latency_s": latency, "attempts": tries,
                                              "finish_reason": finish, "endpoint": endpoint,
                                              "model": mcfg.model, "prompt": tpl.ref})
-                self._count(role, result)
                 return result, parsed
             failures.append(defect.kind)
-            if len(failures) - unparseable >= self.checks.attempts:
-                self._count(role, result)
-                keep = self.checks.kept_answer_chars
+            if defect.kind == UNPARSEABLE:
+                unparseable += 1
+                if unparseable >= self.client_cfg.max_parse_attempts:
+                    raise UnparseableOutputError(
+                        f"{mcfg.name}: unusable output {unparseable} times ({defect.detail})",
+                        raw=text or "", model=mcfg.model)
+            elif len(failures) - unparseable >= self.checks.attempts:
                 raise AnswerRejected(
                     f"{tpl.ref} answer rejected {len(failures)} times, last: {defect.kind} "
                     f"({defect.detail})", kind=defect.kind, call=prompt_key,
-                    answer=None if text is None else text[:keep], failures=failures,
-                    model=mcfg.model)
+                    answer=None if text is None else text[:self.checks.kept_answer_chars],
+                    failures=failures, model=mcfg.model)
             attempt += 1
+
+    def _verdict(self, checked_as: CheckedCall, text: str | None, finish: str | None,
+                 parse: Callable[[str], T] | None, prose: Callable[[T], Sequence[str]] | None,
+                 ) -> tuple[Defect | None, T | None]:
+        """(the answer's first defect or None, the parsed answer): raw text, then ``parse``
+        (a ValueError is ``unparseable_output``), then the prose checks."""
+        defect = self.checker.check_raw(text, finish)
+        if defect is not None:
+            return defect, None
+        parsed: T | None = None
+        if parse is not None:
+            try:
+                parsed = parse(text or "")
+            except ValueError as e:
+                return Defect(kind=UNPARSEABLE, detail=str(e)), None
+        texts = prose(parsed) if prose is not None and parsed is not None else [text or ""]
+        for t in texts:
+            defect = self.checker.check_prose(checked_as, t)
+            if defect is not None:
+                return defect, parsed
+        return None, parsed
 
     def _count(self, role: str, r: CallResult) -> None:
         with self._lock:
