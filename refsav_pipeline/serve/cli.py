@@ -46,14 +46,20 @@ def reference(
         help="pipeline YAML: model names served, reference_server defaults")] = None,
 ) -> None:
     """Offline OpenAI-compatible server whose answers are computed from the images sent."""
+    from refsav_pipeline.reference.config import BAD_ANSWER_KINDS
     from refsav_pipeline.reference.server import run_server, served_models
 
+    kinds = bad_answers.split(",") if bad_answers else None
+    unknown = sorted(set(kinds or ()) - set(BAD_ANSWER_KINDS))
+    if unknown:
+        raise typer.BadParameter(f"unknown kind(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(BAD_ANSWER_KINDS)}", param_hint="--bad-answers")
     cfg = _load(config)
     over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
                               "fault_rate": fault_rate, "hang_s": hang, "seed": seed,
                               "trust_request_mm_kwargs": trust_request_mm_kwargs,
                               "bad_answer_rate": bad_answer_rate,
-                              "bad_answers": bad_answers.split(",") if bad_answers else None,
+                              "bad_answers": kinds,
                               }.items()
             if v is not None}
     rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
