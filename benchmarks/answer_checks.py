@@ -145,8 +145,10 @@ def main() -> None:
     naive = per_answer_us(naive_check, answers, args.repeat)
     parse = per_answer_us(lambda a: json.loads(bodies[a]), answers, args.repeat)
     flagged = sum(checker.check("video", a) is not None for a in answers)
+    bad = sum(a in BAD for a in answers)
     words = statistics.mean(len(a.split()) for a in answers)
     result = {"answers": len(answers), "mean_words": round(words, 1), "flagged": flagged,
+              "bad": bad,
               "checks_us": round(ours, 1), "naive_us": round(naive, 1),
               "parse_us": round(parse, 1), "naive_over_checks": round(naive / ours, 2),
               "checks_over_parse": round(ours / parse, 2), "target_us": 200.0,
@@ -154,7 +156,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{len(answers)} answers, {words:.0f} words on average, {flagged} flagged")
+    print(f"{len(answers)} answers, {words:.0f} words on average, {bad} bad, {flagged} flagged")
     print(f"answer checks      {ours:8.1f} µs/answer   (target < 200: "
           f"{'met' if ours < 200 else 'NOT met'})")
     print(f"naive baseline     {naive:8.1f} µs/answer   naive / checks = {naive / ours:.2f}")

@@ -125,6 +125,11 @@ they them he she we you i
 """English function words: English prose has 30-50 % of them; other languages in Latin
 script (French, Spanish, German, …) have almost none of these."""
 
+TOP_NGRAM_MIN_COUNT = 3
+"""The most frequent n-gram counts from three occurrences on: Gopher's rule is for documents,
+and a two-sentence caption says "in front of the" twice without repeating itself."""
+
+
 def _ngram_chars(gram: tuple[str, ...]) -> int:
     return sum(map(len, gram)) + len(gram) - 1
 
@@ -226,8 +231,8 @@ class AnswerChecker:
         for n, limit in self._top:
             grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
             gram, count = grams.most_common(1)[0]
-            if count == 1:
-                break  # no n-gram repeats: no longer one does either
+            if count < TOP_NGRAM_MIN_COUNT:
+                break  # none is said that often: no longer one is either
             share = _ngram_chars(gram) * count / n_chars
             if share > limit:
                 return Defect(kind="repetition", detail=f"{' '.join(gram)!r} is {share:.0%} "
