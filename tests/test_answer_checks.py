@@ -46,6 +46,7 @@ GOOD_VIDEO = ("The woman in the red jacket walks from the left side of the stree
     ("scene", "The dog in the yellow raincoat stands on the yellow line at the crossing."),
     ("video", "The boy kicks the ball; it bounces twice and rolls under the bench."),
     ("judge", "Both descriptions name the colour red."),
+    ("object", "Red plastic toy car with black wheels, chrome bumpers, tinted windows."),
 ])
 def test_usable_answers_pass(call: str, text: str) -> None:
     assert CHECK.check(call, text) is None  # type: ignore[arg-type]
@@ -62,6 +63,10 @@ def test_usable_answers_pass(call: str, text: str) -> None:
     ("object", "Объект красного цвета находится в центре изображения.", "stop", "not_english"),
     ("object", "Un objet rouge au centre de l'image, avec une forme ronde et une surface lisse.",
      "stop", "not_english"),
+    ("object", "El objeto rojo está en el centro de la imagen, con una forma redonda.", "stop",
+     "not_english"),
+    ("object", "Das rote Objekt ist in der Mitte des Bildes und hat eine runde Form.", "stop",
+     "not_english"),
     ("object", "**Object**: a red ball\n- round\n- shiny", "stop", "not_english"),
     ("object", '{"object": "red ball", "position": "center"}', "stop", "not_english"),
     ("object", "The image is completely black; I cannot see any object.", "stop", "refusal"),

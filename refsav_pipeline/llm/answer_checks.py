@@ -125,6 +125,14 @@ they them he she we you i
 """English function words: English prose has 30-50 % of them; other languages in Latin
 script (French, Spanish, German, …) have almost none of these."""
 
+OTHER_STOPWORDS = frozenset("""
+le la les des du est et une dans sur avec pour qui que el los las del es y una con por para
+está der das und ist ein eine mit auf den dem nicht il di che della sono um uma não com os
+""".split())  # noqa: SIM905
+"""Function words of French, Spanish, German, Italian and Portuguese that English text does
+not use: an answer with more of them than English ones is in another language (German "in",
+"die" or "was" alone would pass the English share)."""
+
 TOP_NGRAM_MIN_COUNT = 3
 """The most frequent n-gram counts from three occurrences on: Gopher's rule is for documents,
 and a two-sentence caption says "in front of the" twice without repeating itself."""
@@ -205,10 +213,11 @@ class AnswerChecker:
                 return Defect(kind="not_english",
                               detail=f"{foreign} characters of a non-Latin script")
         if len(words) >= cfg.language_min_words:
-            share = sum(w in STOPWORDS for w in words) / len(words)
-            if share < cfg.min_stopword_fraction:
-                return Defect(kind="not_english",
-                              detail=f"{share:.0%} English function words")
+            english = sum(w in STOPWORDS for w in words)
+            other = sum(w in OTHER_STOPWORDS for w in words)
+            if english < cfg.min_stopword_fraction * len(words) or other > english:
+                return Defect(kind="not_english", detail=f"{english} English and {other} other "
+                              f"function words in {len(words)} words")
         return None
 
     def _repetition(self, text: str, words: Sequence[str]) -> Defect | None:

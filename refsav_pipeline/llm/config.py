@@ -201,8 +201,10 @@ class AnswerChecksConfig(_Section):
         default_factory=lambda: ["scene", "video"],
         description="calls whose images carry our yellow marks: their answers must not name them")
     min_stopword_fraction: float = Field(
-        0.12, ge=0, le=1, description="not_english: English function words among the words of "
-        "an answer of at least `language_min_words` words (English prose: 0.3-0.5)")
+        0.08, ge=0, le=1, description="not_english: English function words among the words of "
+        "an answer of at least `language_min_words` words (English prose: 0.3-0.5, a list of "
+        "noun phrases ~0.1); fewer, or more French/Spanish/German/… function words than "
+        "English ones, is another language")
     language_min_words: int = Field(8, ge=1)
     max_foreign_letter_fraction: float = Field(
         0.02, ge=0, le=1, description="not_english: letters of a non-Latin script (CJK, "
