@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
 Status = Literal["ok", "rejected_inconsistent", "rejected", "failed"]
 RETRIED_STATUSES = ("failed", "rejected")
@@ -98,6 +98,12 @@ class RefSavRow(MaskletLocation):
     rejected_answer: str | None = None  # a rejected row's last bad answer, for inspection
     pipeline_version: str
     config_fingerprint: str
+
+    @field_validator("check_failures", mode="before")
+    @classmethod
+    def _no_list_is_empty(cls, v: Any) -> Any:
+        """Shards written before the column existed read it as null."""
+        return [] if v is None else v
 
 
 def _per_call(value_type: pa.DataType) -> pa.DataType:

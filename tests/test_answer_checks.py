@@ -257,3 +257,18 @@ def test_same_video_caption_and_contrastive_answer(bad, images, tmp_path: Path) 
         res = s.run(calls.describe_video_distinct(
             s, box_frames("red", [(60 + 20 * k, 60) for k in range(8)]), "A.", [a.text]))
     assert "unlike the other objects" in res.text and uniqueness.similarity(res.text, a.text) < 0.7
+
+
+def test_rows_of_shards_written_before_the_new_columns_still_load(tmp_path: Path) -> None:
+    """A shard without ``check_failures`` / ``rejected_answer`` / ``max_similarity`` (an older
+    run) reads with nulls there, and its rows validate."""
+    import pyarrow.parquet as pq
+
+    from refsav_pipeline.records import ROW_SCHEMA, rows_to_table, table_to_rows
+
+    new = {"check_failures", "rejected_answer", "max_similarity", "first_video_caption"}
+    old = rows_to_table([_row(0, "A red ball rolls left.")])
+    old = old.drop_columns(list(new))
+    pq.write_table(old, tmp_path / "old.parquet")
+    rows = table_to_rows(pq.read_table(tmp_path / "old.parquet", schema=ROW_SCHEMA))
+    assert rows[0].check_failures == [] and rows[0].rejected_answer is None
