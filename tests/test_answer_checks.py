@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from refsav_pipeline.llm import calls
@@ -15,7 +16,7 @@ from refsav_pipeline.llm.config import AnswerChecksConfig, ModelsConfig
 from refsav_pipeline.llm.errors import AnswerRejected
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline import uniqueness
-from refsav_pipeline.records import RefSavRow
+from refsav_pipeline.records import ROW_SCHEMA, RefSavRow, rows_to_table, table_to_rows
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
 from refsav_pipeline.reference.testing import (
@@ -262,10 +263,6 @@ def test_same_video_caption_and_contrastive_answer(bad, images, tmp_path: Path) 
 def test_rows_of_shards_written_before_the_new_columns_still_load(tmp_path: Path) -> None:
     """A shard without ``check_failures`` / ``rejected_answer`` / ``max_similarity`` (an older
     run) reads with nulls there, and its rows validate."""
-    import pyarrow.parquet as pq
-
-    from refsav_pipeline.records import ROW_SCHEMA, rows_to_table, table_to_rows
-
     new = {"check_failures", "rejected_answer", "max_similarity", "first_video_caption"}
     old = rows_to_table([_row(0, "A red ball rolls left.")])
     old = old.drop_columns(list(new))
