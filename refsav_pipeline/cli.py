@@ -38,7 +38,8 @@ app.add_typer(review_app, name="review")
 app.add_typer(export_app, name="export")
 app.add_typer(deploy_app, name="deploy")
 app.command("report")(report)
-for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.status, pipeline_cli.demo):
+for command in (pipeline_cli.run, pipeline_cli.resume, pipeline_cli.requalify,
+                pipeline_cli.status, pipeline_cli.demo):
     app.command()(command)
 
 

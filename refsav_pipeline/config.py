@@ -15,7 +15,7 @@ from typing import Any, Literal, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from refsav_pipeline.llm.config import ClientConfig, ModelsConfig
+from refsav_pipeline.llm.config import AnswerChecksConfig, ClientConfig, ModelsConfig
 from refsav_pipeline.reference.config import ReferenceServerConfig
 
 MaskletType = Literal["manual", "auto"]
@@ -112,6 +112,7 @@ class PipelineConfig(BaseModel):
     run: RunConfig = RunConfig()
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     client: ClientConfig = Field(default_factory=ClientConfig)
+    checks: AnswerChecksConfig = Field(default_factory=AnswerChecksConfig)
     reference_server: ReferenceServerConfig = Field(default_factory=ReferenceServerConfig)
     export: ExportConfig = ExportConfig()
 
@@ -196,6 +197,10 @@ _FINGERPRINT_EXCLUDE.update({
     "client": True,
     "reference_server": True,
 })
+
+# Answer checks decide which answers are accepted, not what they say; `refsav requalify`
+# re-judges a run's rows under changed checks (docs/quality.md).
+_FINGERPRINT_EXCLUDE["checks"] = True
 
 # Export settings shape the exported files, never a row.
 _FINGERPRINT_EXCLUDE["export"] = True

@@ -13,9 +13,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, field_validator
 
-Status = Literal["ok", "rejected_inconsistent", "failed"]
+Status = Literal["ok", "rejected_inconsistent", "rejected", "failed"]
+RETRIED_STATUSES = ("failed", "rejected")
+"""Rows ``resume --retry-failed`` redoes: a failed call, or answers that failed their checks
+(``rejected``: docs/quality.md). ``rejected_inconsistent`` is the judge's verdict, kept."""
 CALLS = ("object_crop", "object_masked", "judge", "scene", "video")
 """The five model calls behind one row, in the order they are made."""
 
@@ -77,6 +80,8 @@ class RefSavRow(MaskletLocation):
     object_caption: str | None = None
     scene_caption: str | None = None
     video_caption: str | None = None
+    first_video_caption: str | None = None  # before the contrastive re-caption, if one was made
+    max_similarity: float | None = None  # to the closest other ok object of the video
     captioner_model: str | None = None
     judge_model: str | None = None
     prompt_versions: PerCall = PerCall()
@@ -86,11 +91,19 @@ class RefSavRow(MaskletLocation):
     prompt_tokens_by_call: PerCall = PerCall()
     completion_tokens_by_call: PerCall = PerCall()
     cached_calls: int = 0
+    check_failures: list[str] = []  # "call:kind" of every answer that failed a check
     status: Status
     error_kind: str | None = None
     error: str | None = None
+    rejected_answer: str | None = None  # a rejected row's last bad answer, for inspection
     pipeline_version: str
     config_fingerprint: str
+
+    @field_validator("check_failures", mode="before")
+    @classmethod
+    def _no_list_is_empty(cls, v: Any) -> Any:
+        """Shards written before the column existed read it as null."""
+        return [] if v is None else v
 
 
 def _per_call(value_type: pa.DataType) -> pa.DataType:
@@ -125,6 +138,8 @@ ROW_SCHEMA = pa.schema([
     pa.field("object_caption", pa.string()),
     pa.field("scene_caption", pa.string()),
     pa.field("video_caption", pa.string()),
+    pa.field("first_video_caption", pa.string()),
+    pa.field("max_similarity", pa.float64()),
     pa.field("captioner_model", pa.string()),
     pa.field("judge_model", pa.string()),
     pa.field("prompt_versions", _per_call(pa.string())),
@@ -134,9 +149,11 @@ ROW_SCHEMA = pa.schema([
     pa.field("prompt_tokens_by_call", _per_call(pa.int64())),
     pa.field("completion_tokens_by_call", _per_call(pa.int64())),
     pa.field("cached_calls", pa.int32(), nullable=False),
+    pa.field("check_failures", pa.list_(pa.string())),
     pa.field("status", pa.string(), nullable=False),
     pa.field("error_kind", pa.string()),
     pa.field("error", pa.string()),
+    pa.field("rejected_answer", pa.string()),
     pa.field("pipeline_version", pa.string(), nullable=False),
     pa.field("config_fingerprint", pa.string(), nullable=False),
 ])
@@ -158,7 +175,8 @@ class ShardMarker(BaseModel):
     shard_id: int
     rows: int
     by_status: dict[str, int]
-    by_error_kind: dict[str, int] = {}
+    by_error_kind: dict[str, int] = {}  # failed rows
+    by_rejected_kind: dict[str, int] = {}  # rejected rows (their check kind or `ambiguous`)
     sha256: str  # of the Parquet file: a marker never vouches for another file
     size: int | None = None  # of the Parquet file, with its mtime: trusted without re-hashing
     mtime_ns: int | None = None

@@ -60,7 +60,7 @@ def write_fake_run(sav_root: Path, out_dir: Path, shard_size: int = 2,
                                                 "HTTP 500 after 4 tries"))
                     continue
                 obj = f"A {t.color} {t.shape} object."
-                scene = f"{obj} It is in the scene, outlined in yellow."
+                scene = f"{obj} It is in the middle of the scene."
                 rows.append(RefSavRow(
                     **base, object_caption_crop=obj, object_caption_masked=obj,
                     consistent=True, judge_reason="both name the same colour",

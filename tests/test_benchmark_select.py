@@ -77,6 +77,20 @@ def test_count_respected_with_whole_videos_of_ok_rows_only() -> None:
     assert [s.position for s in samples] == list(range(len(samples)))
 
 
+def test_rejected_rows_are_never_picked() -> None:
+    """Rows whose answers failed their checks keep their captions (for inspection), but a
+    benchmark never shows them: only ok rows are eligible."""
+    rows = fake_rows(videos=60)
+    for i, r in enumerate(rows):
+        if r["status"] == "ok" and i % 3 == 0:
+            r.update(status="rejected", error_kind="prompt_leak",
+                     rejected_answer="The object outlined in yellow.")
+    rejected = {(r["video_id"], r["masklet_type"], r["masklet_id"]) for r in rows
+                if r["status"] == "rejected"}
+    samples = select_benchmark(rows, count=1000, seed=0)
+    assert rejected and samples and not {s.key for s in samples} & rejected
+
+
 def test_strata_follow_population_shares() -> None:
     rows = fake_rows(videos=600)
     ok = [r for r in rows if r["status"] == "ok"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -9,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from refsav_pipeline.llm.answer_checks import AnswerChecker
 from refsav_pipeline.records import read_rows, shard_files
 from refsav_pipeline.sav.synth import load_truth
 
 pytestmark = pytest.mark.slow
+CHECK = AnswerChecker()
 
 
 def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
@@ -33,6 +36,16 @@ def test_demo_runs_the_whole_job(tmp_path: Path) -> None:
         assert r["status"] == "ok" and t.color in r["video_caption"]
     report = out / "run" / "report" / "index.html"
     assert report.is_file() and report.as_uri() in res.stdout.replace("\n", "")
+    assert 'id="quality"' in report.read_text()
+    # no exported expression names the yellow marks the captioner was shown
+    export = subprocess.run([sys.executable, "-m", "refsav_pipeline.cli", "export", "sa2va",
+                             "--out", str(out / "run"), "--to", str(tmp_path / "export"),
+                             "--part", "train"], capture_output=True, text=True, timeout=300)
+    assert export.returncode == 0, export.stderr[-3000:]
+    data = json.loads((tmp_path / "export" / "Ref-SAV.json").read_text())
+    expressions = [o["formated"] for e in data.values() for o in e["objects"].values()]
+    assert len(expressions) == len(rows)
+    assert all(CHECK.check("video", x) is None for x in expressions), expressions
     # a second demo finds everything done and changes nothing
     before = {f: f.read_bytes() for f in shard_files(out / "run")}
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300,

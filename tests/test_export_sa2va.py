@@ -220,7 +220,7 @@ def test_cli_export_and_check(ex: dict, synth_root: Path, tmp_path: Path) -> Non
     assert res.exit_code == 0, res.output
     assert not (tmp_path / "ref_sav_eval").exists()
     data = json.loads((tmp_path / "Ref-SAV.json").read_text())
-    assert all(o["formated"].endswith("outlined in yellow.")
+    assert all(o["formated"].endswith("in the middle of the scene.")
                for e in data.values() for o in e["objects"].values())
     res = runner.invoke(app, ["export", "check", str(tmp_path), "--sav-root", str(synth_root)])
     assert res.exit_code == 0, res.output

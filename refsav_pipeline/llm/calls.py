@@ -40,6 +40,12 @@ def parse_verdict(text: str) -> JudgeVerdict:
         raise ValueError(f"not a judge verdict: {e.__class__.__name__}") from e
 
 
+def verdict_texts(v: JudgeVerdict) -> list[str]:
+    """What of a verdict is checked as prose: the reason, and the merged description when it
+    becomes the object caption (an inconsistent verdict's description is empty by design)."""
+    return [v.reason, v.description] if v.consistent else [v.reason]
+
+
 async def describe_object(session: ModelSession, crop_jpeg: bytes, masked_jpeg: bytes, *,
                           video_id: str | None = None,
                           masklet_id: int | None = None) -> ObjectDescriptions:
@@ -60,7 +66,7 @@ async def judge_consistency(session: ModelSession, a: str, b: str, *,
     try:
         res, verdict = await session.complete(
             "judge", inputs={"description_a": a, "description_b": b},
-            response_format=JUDGE_RESPONSE_FORMAT, parse=parse_verdict)
+            response_format=JUDGE_RESPONSE_FORMAT, parse=parse_verdict, prose=verdict_texts)
     except RecordError as e:
         raise with_where(e, video_id, masklet_id) from e.__cause__
     assert verdict is not None
@@ -86,6 +92,24 @@ async def describe_video(session: ModelSession, frames_jpegs: Sequence[bytes], s
     try:
         res, _ = await session.complete("video", list(frames_jpegs),
                                         {"scene_description": scene_text})
+    except RecordError as e:
+        raise with_where(e, video_id, masklet_id) from e.__cause__
+    return res
+
+
+async def describe_video_distinct(session: ModelSession, frames_jpegs: Sequence[bytes],
+                                  scene_text: str, others: Sequence[str], *, round_: int = 0,
+                                  video_id: str | None = None,
+                                  masklet_id: int | None = None) -> CallResult:
+    """The video caption again, contrastively: what sets this object apart from ``others``
+    (the descriptions it was confused with). ``round_`` > 0: asked again after an earlier
+    contrastive answer (cached, so never asked anew otherwise) left the object ambiguous."""
+    listed = "\n".join(f"Object {i}: {t}" for i, t in enumerate(others, 1))
+    try:
+        res, _ = await session.complete("video_contrastive", list(frames_jpegs),
+                                        {"scene_description": scene_text,
+                                         "other_objects": listed},
+                                        first_attempt=round_ * session.checks.attempts)
     except RecordError as e:
         raise with_where(e, video_id, masklet_id) from e.__cause__
     return res

@@ -119,6 +119,7 @@ class PromptsConfig(_Section):
     judge: PromptRef = PromptRef(id="consistency_judge", version=1)
     scene: PromptRef = PromptRef(id="scene_caption", version=1)
     video: PromptRef = PromptRef(id="video_caption", version=1)
+    video_contrastive: PromptRef = PromptRef(id="video_caption_contrastive", version=1)
 
 
 def _captioner() -> ModelEndpointConfig:
@@ -181,3 +182,55 @@ class ClientConfig(_Section):
     cache_promote_interval_s: float = Field(
         30.0, gt=0, description="how often a writer copies its new answers to cache_path; "
         "a lost node loses at most this much of its answers (they are asked again)")
+
+
+CheckedCall = Literal["object", "judge", "scene", "video"]
+"""What an answer is checked as: both object captions are ``object``; the contrastive video
+caption is ``video``."""
+
+
+class AnswerChecksConfig(_Section):
+    """What a model's answer must be before it becomes data or enters the request cache
+    (``llm/answer_checks.py``, docs/quality.md). Not in the run fingerprint: it decides which
+    answers are accepted, not what they say; ``refsav requalify`` re-judges a finished run
+    under changed checks without calling the models."""
+
+    attempts: int = Field(
+        3, ge=1, description="answers asked per call; each retry changes the request (another "
+        "seed, a prompt note saying what was wrong); then the row is `rejected`")
+    retry_temperature: float = Field(
+        0.5, ge=0, description="temperature of the retries (with their own seed, so still "
+        "reproducible): at temperature 0 a model ignores the seed and a retry would only "
+        "differ by its prompt note; never lowers the configured temperature")
+    max_words: dict[CheckedCall, int] = Field(
+        default_factory=lambda: {"object": 150, "judge": 200, "scene": 250, "video": 300},
+        description="runaway: more words than this (the prompts ask 2-6 sentences)")
+    leak_calls: list[CheckedCall] = Field(
+        default_factory=lambda: ["scene", "video"],
+        description="calls whose images carry our yellow marks: their answers must not name them")
+    min_stopword_fraction: float = Field(
+        0.08, ge=0, le=1, description="not_english: English function words among the words of "
+        "an answer of at least `language_min_words` words (English prose: 0.3-0.5, a list of "
+        "noun phrases ~0.1); fewer, or more French/Spanish/German/… function words than "
+        "English ones, is another language")
+    language_min_words: int = Field(8, ge=1)
+    max_foreign_letter_fraction: float = Field(
+        0.02, ge=0, le=1, description="not_english: letters of a non-Latin script (CJK, "
+        "Cyrillic, Arabic, …) among all letters")
+    max_duplicate_sentence_fraction: float = Field(
+        0.3, ge=0, le=1, description="repetition: characters in repeated sentences / all")
+    repetition_min_words: int = Field(
+        30, ge=1, description="the n-gram rules below apply from this many words on")
+    max_top_ngram_fraction: dict[int, float] = Field(
+        default_factory=lambda: {2: 0.20, 3: 0.18, 4: 0.16},
+        description="repetition: characters in the most frequent n-gram / all (Gopher)")
+    max_duplicate_ngram_fraction: dict[int, float] = Field(
+        default_factory=lambda: {5: 0.15, 6: 0.14, 7: 0.13, 8: 0.12, 9: 0.11, 10: 0.10},
+        description="repetition: characters in repeated n-grams / all (Gopher)")
+    similarity_threshold: float = Field(
+        0.7, ge=0, le=1, description="referring uniqueness: two video captions of one video "
+        "whose word-bigram Jaccard similarity is at least this are near-duplicates")
+    max_contrast_objects: int = Field(
+        5, ge=1, description="the most similar other objects shown to a contrastive re-caption")
+    kept_answer_chars: int = Field(
+        2000, ge=0, description="of a rejected row's last answer, kept for inspection")

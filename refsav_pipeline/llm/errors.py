@@ -10,6 +10,10 @@ the request itself, e.g. too many images or context too long; retrying cannot he
 ``max_model_len``; the message has the numbers. ``bad_image``: input is not JPEG.
 ``bad_input``: wrong number of images or text inputs for the prompt.
 
+``AnswerRejected`` is the model answering every attempt with an unusable answer (empty,
+truncated, a refusal, …: ``llm.answer_checks``); its kind is the last answer's defect and the
+row becomes ``rejected``, not ``failed``.
+
 A model that no endpoint answers is not a row's failure: requests wait, and past the outage
 limit the run stops (``OutageLimitReached``) with nothing marked.
 """
@@ -48,15 +52,38 @@ class BadRequestError(ModelCallError):
         super().__init__(message, kind="model_bad_request", **kw)  # type: ignore[arg-type]
 
 
+class AnswerRejected(RecordError):
+    """Every attempt of one call gave an answer that failed a check (``llm.answer_checks``).
+
+    ``kind`` is the last answer's defect kind; ``answer`` that answer (kept for inspection);
+    ``failures`` the defect kinds of all failed attempts, in order; ``call`` the prompt key.
+    """
+
+    def __init__(self, message: str, *, kind: str, call: str, answer: str | None,
+                 failures: list[str], model: str = "", video_id: str | None = None,
+                 masklet_id: int | None = None) -> None:
+        super().__init__(kind, message, video_id=video_id, masklet_id=masklet_id)
+        self.call = call
+        self.answer = answer
+        self.failures = failures
+        self.model = model
+        self.message = message
+
+
 def with_where(err: RecordError, video_id: str | None, masklet_id: int | None) -> RecordError:
     """The same error re-labelled with the record it belongs to (calls know it, the client not)."""
     if video_id is None or err.video_id is not None:
         return err
     raw = getattr(err, "raw", None)
     msg = str(err)
-    if isinstance(err, UnparseableOutputError):
+    if isinstance(err, AnswerRejected):
+        new: RecordError = AnswerRejected(err.message, kind=err.kind, call=err.call,
+                                          answer=err.answer, failures=err.failures,
+                                          model=err.model, video_id=video_id,
+                                          masklet_id=masklet_id)
+    elif isinstance(err, UnparseableOutputError):
         msg = msg.split("; raw output: ", 1)[0]
-        new: RecordError = UnparseableOutputError(msg, raw=raw or "", model=err.model,
+        new = UnparseableOutputError(msg, raw=raw or "", model=err.model,
                                                   video_id=video_id, masklet_id=masklet_id)
     elif isinstance(err, ModelCallError):
         new = ModelCallError(msg, kind=err.kind, model=err.model, attempts=err.attempts,

@@ -29,6 +29,9 @@ class CallResult(BaseModel):
     latency_s: float = 0.0
     attempts: int = 1
     cached: bool = False
+    check_failures: list[str] = Field(
+        default_factory=list, description="defect kinds of the answers rejected before this "
+        "one (llm.answer_checks), in order; empty if the first answer was usable")
 
     @property
     def prompt_ref(self) -> str:

@@ -23,11 +23,18 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import httpx
 
 from refsav_pipeline.errors import writing_under
+from refsav_pipeline.llm.answer_checks import RETRY_NOTES, UNPARSEABLE, AnswerChecker, Defect
 from refsav_pipeline.llm.budget import check_fits
 from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
-from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
-from refsav_pipeline.llm.errors import ModelCallError
+from refsav_pipeline.llm.config import (
+    AnswerChecksConfig,
+    CheckedCall,
+    ClientConfig,
+    ModelEndpointConfig,
+    ModelsConfig,
+)
+from refsav_pipeline.llm.errors import AnswerRejected, ModelCallError, UnparseableOutputError
 from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
 from refsav_pipeline.llm.results import CallResult, Usage
@@ -38,13 +45,27 @@ if TYPE_CHECKING:
     from refsav_pipeline.config import PipelineConfig
 
 Role = Literal["captioner", "judge"]
-PromptKey = Literal["object_crop", "object_masked", "judge", "scene", "video"]
-PROMPT_KEYS: tuple[PromptKey, ...] = ("object_crop", "object_masked", "judge", "scene", "video")
+PromptKey = Literal["object_crop", "object_masked", "judge", "scene", "video",
+                    "video_contrastive"]
+PROMPT_KEYS: tuple[PromptKey, ...] = ("object_crop", "object_masked", "judge", "scene", "video",
+                                      "video_contrastive")
+CHECKED_AS: dict[str, CheckedCall] = {
+    "object_crop": "object", "object_masked": "object", "judge": "judge", "scene": "scene",
+    "video": "video", "video_contrastive": "video"}
+"""Which answer checks each call's answers get (``AnswerChecksConfig``)."""
 T = TypeVar("T")
 
 
 CACHE_DIR = "cache"
 """The request cache's folder inside a run's output directory."""
+
+
+def _content(raw: dict[str, Any]) -> str | None:
+    return raw["choices"][0]["message"].get("content")
+
+
+def _finish_reason(raw: dict[str, Any]) -> str | None:
+    return raw["choices"][0].get("finish_reason")
 
 
 def cache_folder(client: ClientConfig, out_dir: str | Path | None) -> Path | None:
@@ -57,6 +78,58 @@ def cache_folder(client: ClientConfig, out_dir: str | Path | None) -> Path | Non
 
 
 @dataclass
+class _Request:
+    """One call's request, as asked at each attempt: the first as configured; a retry with
+    another seed, the retry temperature and a note on what was wrong (greedy decoding answers
+    the same request the same way). The first attempt's cache key is the same as before
+    retries existed, so older caches still answer it."""
+
+    tpl: PromptTemplate
+    mcfg: ModelEndpointConfig
+    system: str | None
+    user: str
+    parts: list[dict[str, Any]]
+    images: Sequence[bytes]
+    inputs: dict[str, str]
+    image_digests: list[str]
+    sampling: dict[str, Any]
+    mm_kwargs: dict[str, Any]
+    response_format: dict[str, Any] | None
+    retry_temperature: float
+
+    def attempt(self, n: int, note: str | None) -> tuple[dict[str, Any], str]:
+        """(body, cache key) of attempt ``n`` (0: the first); raises ``request_too_long``."""
+        user = f"{self.user}\n{note}" if note else self.user
+        sampling = dict(self.sampling)
+        if n:
+            sampling["seed"] = int(self.sampling.get("seed") or 0) + n
+            sampling["temperature"] = max(float(self.sampling.get("temperature", 0.0)),
+                                          self.retry_temperature)
+        messages: list[dict[str, Any]] = []
+        if self.system:
+            messages.append({"role": "system", "content": self.system})
+        messages.append({"role": "user", "content": [*self.parts, {"type": "text",
+                                                                   "text": user}]
+                         if self.parts else user})
+        body: dict[str, Any] = {"messages": messages, **sampling}
+        if self.mm_kwargs:
+            body["mm_processor_kwargs"] = self.mm_kwargs
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
+        check_fits(self.mcfg, self.tpl.ref, [self.system, user], self.images, sampling,
+                   self.mm_kwargs)
+        key_parts: dict[str, Any] = {
+            "model": self.mcfg.model, "prompt": self.tpl.ref, "prompt_digest": self.tpl.digest,
+            "system": self.system, "user": user, "inputs": self.inputs,
+            "images": self.image_digests, "sampling": sampling,
+            "mm_processor_kwargs": self.mm_kwargs, "response_format": self.response_format,
+        }
+        if n:
+            key_parts["attempt"] = n
+        return body, cache_key(key_parts)
+
+
+@dataclass
 class _LoopState:
     pools: list[EndpointPool]
     clients: dict[str, ModelClient]
@@ -66,9 +139,12 @@ class ModelSession:
     """Everything needed to make model calls; see ``refsav_pipeline.llm.calls``."""
 
     def __init__(self, models: ModelsConfig, client: ClientConfig | None = None,
-                 out_dir: str | Path | None = None) -> None:
+                 out_dir: str | Path | None = None,
+                 checks: AnswerChecksConfig | None = None) -> None:
         self.models = models
         self.client_cfg = client or ClientConfig()
+        self.checks = checks or AnswerChecksConfig()
+        self.checker = AnswerChecker(self.checks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.prompts: dict[str, PromptTemplate] = {
             k: load_prompt(getattr(models.prompts, k), models.prompts.dir) for k in PROMPT_KEYS}
@@ -85,10 +161,10 @@ class ModelSession:
 
     @classmethod
     def from_config(cls, cfg: PipelineConfig, out_dir: str | Path | None) -> ModelSession:
-        return cls(cfg.models, cfg.client, out_dir)
+        return cls(cfg.models, cfg.client, out_dir, cfg.checks)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ModelSession, (self.models, self.client_cfg, self.out_dir))
+        return (ModelSession, (self.models, self.client_cfg, self.out_dir, self.checks))
 
     # -- per-loop HTTP state --------------------------------------------------------------
 
@@ -134,11 +210,21 @@ class ModelSession:
     async def complete(self, prompt_key: PromptKey, images: Sequence[bytes] = (),
                        inputs: dict[str, str] | None = None, *,
                        response_format: dict[str, Any] | None = None,
-                       parse: Callable[[str], T] | None = None) -> tuple[CallResult, T | None]:
-        """Render a prompt, answer it from cache or the server, cache the answer.
+                       parse: Callable[[str], T] | None = None,
+                       prose: Callable[[T], Sequence[str]] | None = None,
+                       first_attempt: int = 0) -> tuple[CallResult, T | None]:
+        """Render a prompt, answer it from cache or the server, check the answer, cache it.
 
-        ``parse`` validates the text (raise ValueError to retry); only accepted answers are
-        cached, so an unparseable answer is never replayed from cache.
+        Every answer, from the server or the cache, passes ``llm.answer_checks`` first: its raw
+        text (empty, truncated), then ``parse`` (raise ValueError for a wrong structure), then
+        the prose checks on the text, or on ``prose(parsed)`` for a structured answer. A failed
+        answer is never cached; the call is asked again with a changed request (another seed,
+        a note saying what was wrong: ``RETRY_NOTES``), ``checks.attempts`` times in all
+        (``client.max_parse_attempts`` for unparseable answers). A cached answer that a
+        stricter check now fails is skipped the same way, without calling the model for it.
+        Then ``AnswerRejected`` (or ``UnparseableOutputError``) with the last answer.
+        ``first_attempt`` > 0 starts from a retry's request (a contrastive re-caption asked
+        again after its cached answer was found ambiguous).
         """
         tpl = self.prompts[prompt_key]
         role: Role = tpl.model
@@ -151,50 +237,74 @@ class ModelSession:
             parts = [jpeg_part(j) for j in images]
         except ValueError as e:
             raise ModelCallError(f"{tpl.ref}: {e}", kind="bad_image", model=mcfg.model) from e
-        sampling = {**mcfg.sampling.as_body(), **tpl.sampling}
-        mm_kwargs = {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {}
-        messages: list[dict[str, Any]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user",
-                         "content": [*parts, {"type": "text", "text": user}] if parts else user})
-        body: dict[str, Any] = {"messages": messages, **sampling}
-        if mm_kwargs:
-            body["mm_processor_kwargs"] = mm_kwargs
-        if response_format is not None:
-            body["response_format"] = response_format
-        check_fits(mcfg, tpl.ref, [system, user], images, sampling, mm_kwargs)
-
-        key = cache_key({
-            "model": mcfg.model, "prompt": tpl.ref, "prompt_digest": tpl.digest,
-            "system": system, "user": user, "inputs": inputs or {},
-            "images": [hashlib.sha256(j).hexdigest() for j in images],
-            "sampling": sampling, "mm_processor_kwargs": mm_kwargs,
-            "response_format": response_format,
-        })
-        if self.cache is not None:
-            rec = self.cache.get(key)
+        ask = _Request(tpl, mcfg, system, user, parts, images, inputs or {},
+                       [hashlib.sha256(j).hexdigest() for j in images],
+                       {**mcfg.sampling.as_body(), **tpl.sampling},
+                       {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {},
+                       response_format, self.checks.retry_temperature)
+        failures: list[str] = []
+        unparseable, attempt = 0, first_attempt
+        while True:
+            body, key = ask.attempt(attempt, RETRY_NOTES[failures[-1]] if failures else None)
+            rec = self.cache.get(key) if self.cache is not None else None
+            text: str | None
             if rec is not None:
-                parsed = parse(rec["text"]) if parse is not None else None
-                result = CallResult(text=rec["text"], model=mcfg.model, prompt_id=tpl.id,
-                                    prompt_version=tpl.version, usage=Usage(**rec["usage"]),
-                                    latency_s=rec["latency_s"], attempts=rec["attempts"],
-                                    cached=True)
-                self._count(role, result)
+                text, finish, endpoint = rec["text"], rec.get("finish_reason", "stop"), ""
+                usage, latency, tries = Usage(**rec["usage"]), rec["latency_s"], rec["attempts"]
+            else:
+                resp, _ = await self._state().clients[role].chat(body)
+                finish, endpoint = _finish_reason(resp.raw), resp.endpoint
+                text = None if _content(resp.raw) is None else resp.text  # null stays null
+                usage, latency, tries = resp.usage, resp.latency_s, resp.attempts + attempt
+            result = CallResult(text=text or "", model=mcfg.model, prompt_id=tpl.id,
+                                prompt_version=tpl.version, usage=usage, latency_s=latency,
+                                attempts=tries, cached=rec is not None,
+                                check_failures=list(failures))
+            self._count(role, result)  # every attempt: bad answers were paid for too
+            defect, parsed = self._verdict(CHECKED_AS[prompt_key], text, finish, parse, prose)
+            if defect is None:
+                if self.cache is not None and rec is None:
+                    with writing_under(self.cache.writes_to):  # a full disk stops the run
+                        self.cache.put(key, {"text": text, "usage": usage.model_dump(),
+                                             "latency_s": latency, "attempts": tries,
+                                             "finish_reason": finish, "endpoint": endpoint,
+                                             "model": mcfg.model, "prompt": tpl.ref})
                 return result, parsed
+            failures.append(defect.kind)
+            if defect.kind == UNPARSEABLE:
+                unparseable += 1
+                if unparseable >= self.client_cfg.max_parse_attempts:
+                    raise UnparseableOutputError(
+                        f"{mcfg.name}: unusable output {unparseable} times ({defect.detail})",
+                        raw=text or "", model=mcfg.model)
+            elif len(failures) - unparseable >= self.checks.attempts:
+                raise AnswerRejected(
+                    f"{tpl.ref} answer rejected {len(failures)} times, last: {defect.kind} "
+                    f"({defect.detail})", kind=defect.kind, call=prompt_key,
+                    answer=None if text is None else text[:self.checks.kept_answer_chars],
+                    failures=failures, model=mcfg.model)
+            attempt += 1
 
-        resp, parsed = await self._state().clients[role].chat(body, parse)
-        result = CallResult(text=resp.text, model=mcfg.model, prompt_id=tpl.id,
-                            prompt_version=tpl.version, usage=resp.usage,
-                            latency_s=resp.latency_s, attempts=resp.attempts, cached=False)
-        if self.cache is not None:
-            with writing_under(self.cache.writes_to):  # a full disk stops the run, unmarked
-                self.cache.put(key, {"text": resp.text, "usage": resp.usage.model_dump(),
-                                     "latency_s": resp.latency_s, "attempts": resp.attempts,
-                                     "endpoint": resp.endpoint, "model": mcfg.model,
-                                     "prompt": tpl.ref})
-        self._count(role, result)
-        return result, parsed
+    def _verdict(self, checked_as: CheckedCall, text: str | None, finish: str | None,
+                 parse: Callable[[str], T] | None, prose: Callable[[T], Sequence[str]] | None,
+                 ) -> tuple[Defect | None, T | None]:
+        """(the answer's first defect or None, the parsed answer): raw text, then ``parse``
+        (a ValueError is ``unparseable_output``), then the prose checks."""
+        defect = self.checker.check_raw(text, finish)
+        if defect is not None:
+            return defect, None
+        parsed: T | None = None
+        if parse is not None:
+            try:
+                parsed = parse(text or "")
+            except ValueError as e:
+                return Defect(kind=UNPARSEABLE, detail=str(e)), None
+        texts = prose(parsed) if prose is not None and parsed is not None else [text or ""]
+        for t in texts:
+            defect = self.checker.check_prose(checked_as, t)
+            if defect is not None:
+                return defect, parsed
+        return None, parsed
 
     def _count(self, role: str, r: CallResult) -> None:
         with self._lock:

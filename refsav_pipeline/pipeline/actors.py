@@ -24,7 +24,7 @@ from ray.exceptions import GetTimeoutError, RayError
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.pipeline.captions import caption_masklet
+from refsav_pipeline.pipeline.captions import caption_masklet, recaption_distinct
 from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video_within
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.sav.index import SavVideoRef
@@ -73,6 +73,11 @@ class CaptionActor:
 
     async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
         return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
+
+    async def recaption(self, job: MaskletJob, row: RefSavRow, others: list[str],
+                        round_: int) -> RefSavRow:
+        """The contrastive video caption of one near-duplicate row (``pipeline.uniqueness``)."""
+        return await recaption_distinct(self.session, job, row, others, round_)
 
     async def stats(self) -> dict[str, Any]:
         """Session stats, and this process's CPU seconds since it was set up."""

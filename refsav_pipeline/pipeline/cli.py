@@ -189,6 +189,26 @@ def resume(
     _finish(out, allow_failed_rows)
 
 
+def requalify(
+    out: OutOpt,
+    config: Annotated[Path | None, typer.Option(
+        help="The run's config with changed `checks` (fingerprint must match); default: the "
+             "run's own checks.")] = None,
+) -> None:
+    """Re-judge a finished run's answers under the answer checks, without calling a model:
+    rows whose answers fail now become `rejected` (then `resume --retry-failed` redoes them)."""
+    from refsav_pipeline.pipeline.requalify import requalify as requalify_run
+
+    out = run_folder(out)
+    if config is not None:
+        load_config(config)  # a broken file is named as such, before the fingerprint check
+    rep = requalify_run(out, config)
+    newly = ", ".join(f"{k} {v}" for k, v in rep.newly_rejected.items()) or "none"
+    console.print(f"requalified {rep.rows} rows in {rep.shards} shards; newly rejected: "
+                  f"{newly}; {rep.shards_rewritten} shards rewritten", highlight=False)
+    print_status(run_status(out), out_console)
+
+
 def status(
     out: OutOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,

@@ -40,7 +40,7 @@ from refsav_pipeline.pipeline.shards import (
     shard_states,
     shards_left,
 )
-from refsav_pipeline.records import SHARDS_DIR
+from refsav_pipeline.records import RETRIED_STATUSES, SHARDS_DIR
 from refsav_pipeline.sav.index import SavVideoRef, index_sav_root
 
 RUNS_LOG = "runs.jsonl"
@@ -122,12 +122,12 @@ def shards_to_do(out_dir: str | Path, retry_failed: bool = False) -> tuple[int, 
 
 def failed_keys(out_dir: Path, plan: Plan, *, verify: bool = False
                 ) -> dict[int, set[MaskletKey]]:
-    """Per finished shard, the keys of its failed rows."""
+    """Per finished shard, the keys of its failed and rejected rows."""
     out: dict[int, set[MaskletKey]] = {}
     for shard_id, (state, marker) in shard_states(out_dir, plan, verify=verify).items():
         if has_failed_rows(state, marker):
             out[shard_id] = {r.key for r in read_shard(out_dir, shard_id)
-                             if r.status == "failed"}
+                             if r.status in RETRIED_STATUSES}
     return out
 
 

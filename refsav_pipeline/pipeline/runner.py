@@ -21,6 +21,7 @@ from rich.console import Console
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import RunStopped
+from refsav_pipeline.pipeline import uniqueness
 from refsav_pipeline.pipeline.actors import PreparedRefs, caption_actors
 from refsav_pipeline.pipeline.interrupts import stop_requests, stopped
 from refsav_pipeline.pipeline.model_health import ModelHealthLine
@@ -29,7 +30,6 @@ from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.run_progress import RunProgress
 from refsav_pipeline.pipeline.scheduler import Scheduler, wire_bytes
 from refsav_pipeline.pipeline.shard_book import RunStats, ShardBook
-from refsav_pipeline.records import RefSavRow
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,19 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                         progress.video_done(len(pv.jobs), len(pv.failed))
                         if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
                             progress.shard_done()
+                    elif kind == "recaptioned":
+                        shard_id, pos, row, actor = tag
+                        sched.masklets_returned(actor, 1)
+                        try:
+                            row = _caption_rows(fut)
+                        except ray.exceptions.ObjectLostError:
+                            log.warning("images of %s were lost; it keeps its first video "
+                                        "caption", row.key)
+                        stats.driver_bytes += wire_bytes(row)
+                        book.add_row(shard_id, pos, row)
+                        _unique_step(cfg, book, sched, shard_id, pos)
+                        if book.finish_if_complete(shard_id):
+                            progress.shard_done()
                     else:
                         shard_id, pos, task, keys, actor = tag
                         sched.masklets_returned(actor, len(keys))
@@ -89,7 +102,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                         except ray.exceptions.ObjectLostError:
                             log.warning("images of %s were lost; rendering them again", keys)
                             for key in keys:
-                                book.video_requeued(shard_id)
+                                book.video_requeued(shard_id, pos)
                                 sched.requeue(task, key)
                         else:
                             stats.driver_bytes += wire_bytes(rows)
@@ -97,6 +110,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                             for row in rows:
                                 book.add_row(shard_id, pos, row)
                                 progress.masklet_done()
+                            _unique_step(cfg, book, sched, shard_id, pos)
                             if book.finish_if_complete(shard_id):
                                 progress.shard_done()
                     event = sched.next_event(timeout=0)
@@ -107,9 +121,31 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
     return stats
 
 
-def _caption_rows(fut: Any) -> list[RefSavRow]:
-    """A caption call's rows. A ``RunStopped`` raised there (outage limit, full disk) stops the
-    run here, before any row of an unfinished shard is written."""
+def _unique_step(cfg: PipelineConfig, book: ShardBook, sched: Scheduler, shard_id: int,
+                 pos: int) -> None:
+    """Once every row of a video is in: send its near-duplicates for a contrastive caption,
+    or, when none is left to send, settle the video (``pipeline.uniqueness``)."""
+    if not book.video_finished(shard_id, pos):
+        return
+    rows = book.video_rows(shard_id, pos)
+    recaptioned = book.recaptioned(shard_id, pos)
+    if recaptioned is None:
+        todo = uniqueness.to_recaption(rows, sched.captioned_here(shard_id, pos), cfg.checks)
+        if todo:
+            book.recaptions_sent(shard_id, pos, {row.key for row, _ in todo})
+            for row, others in todo:
+                rounds = uniqueness.ambiguous_rounds(book.previous_row(shard_id, row.key))
+                history = [f"video:{uniqueness.AMBIGUOUS}"] * rounds
+                row = row.model_copy(update={"check_failures": [*history, *row.check_failures]})
+                sched.recaption(shard_id, pos, row, others, rounds)
+            return
+    book.video_settled(shard_id, pos, uniqueness.settle(rows, recaptioned or set(), cfg.checks))
+    sched.video_settled(shard_id, pos)
+
+
+def _caption_rows(fut: Any) -> Any:
+    """A caption call's rows (a re-caption's row). A ``RunStopped`` raised there (outage
+    limit, full disk) stops the run here, before any row of an unfinished shard is written."""
     try:
         return fut.result()
     except RayTaskError as exc:

@@ -20,6 +20,7 @@ from refsav_pipeline.pipeline.actors import ActorStatus, prepare_remote
 from refsav_pipeline.pipeline.plan import Plan
 from refsav_pipeline.pipeline.prepare import MaskletKey
 from refsav_pipeline.pipeline.shard_book import VideoTask
+from refsav_pipeline.records import RefSavRow
 
 CALL_BATCH = 8
 """Masklets of one video sent in one actor call: Ray's cost per call (submit, schedule, reply)
@@ -70,6 +71,7 @@ class Scheduler:
         self.sent_bytes = 0
         self.asking: set[int] = set()  # actors asked for their status, not answered yet
         self.calls: set[ray.ObjectRef] = set()  # caption calls not returned yet
+        self.job_refs: dict[tuple[int, int], dict[MaskletKey, Any]] = {}  # until settled
         self._prepare = prepare_remote.options(num_cpus=run.cpus_per_task)
         self._cfg_ref = ray.put(cfg)  # sent once, not with every video
 
@@ -118,6 +120,26 @@ class Scheduler:
         self.preparing -= 1
         if jobs:
             self.prepared.append((task, list(reversed(jobs))))
+            self.job_refs.setdefault((task[0], task[1]), {}).update(jobs)
+
+    def captioned_here(self, shard_id: int, pos: int) -> set[MaskletKey]:
+        """Masklets of the video captioned in this run (their images are still at hand)."""
+        return set(self.job_refs.get((shard_id, pos), {}))
+
+    def recaption(self, shard_id: int, pos: int, row: RefSavRow, others: list[str],
+                  round_: int) -> None:
+        """Send one row for its contrastive video caption (``pipeline.uniqueness``), to the
+        least loaded actor, with the images its first caption was made from."""
+        ref = self.job_refs[(shard_id, pos)][row.key]
+        i = min(range(len(self.load)), key=self.load.__getitem__)
+        self.load[i] += 1
+        self.captioning += 1
+        self._watch("recaptioned", (shard_id, pos, row, i),
+                    self.actors[i].recaption.remote(ref, row, others, round_))
+
+    def video_settled(self, shard_id: int, pos: int) -> None:
+        """The video's rows are final: its images may go."""
+        self.job_refs.pop((shard_id, pos), None)
 
     def masklets_returned(self, actor: int, n: int) -> None:
         self.captioning -= n

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from refsav_pipeline import __version__
 from refsav_pipeline.pipeline.plan import Plan, Shard, shard_name, write_atomic
 from refsav_pipeline.records import (
+    RETRIED_STATUSES,
     ROW_SCHEMA,
     SHARDS_DIR,
     RefSavRow,
@@ -59,11 +60,13 @@ def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], finge
     write_atomic(path, parquet_bytes(rows))
     st = path.stat()
     errors = Counter(r.error_kind for r in rows if r.status == "failed" and r.error_kind)
+    rejected = Counter(r.error_kind for r in rows if r.status == "rejected" and r.error_kind)
     marker = ShardMarker(
         shard_id=shard_id,
         rows=len(rows),
         by_status=dict(sorted(Counter(r.status for r in rows).items())),
         by_error_kind=dict(sorted(errors.items())),
+        by_rejected_kind=dict(sorted(rejected.items())),
         sha256=file_sha256(path),
         size=st.st_size,
         mtime_ns=st.st_mtime_ns,
@@ -143,9 +146,10 @@ def _states(out_dir: str | Path, listing: ShardListing, plan: Plan, verify: bool
 
 
 def has_failed_rows(state: ShardState, marker: ShardMarker | None) -> bool:
-    """A finished shard whose marker counts failed rows (what ``--retry-failed`` redoes)."""
-    return state is ShardState.done and marker is not None and bool(
-        marker.by_status.get("failed"))
+    """A finished shard whose marker counts failed or rejected rows (``RETRIED_STATUSES``:
+    what ``--retry-failed`` redoes)."""
+    return state is ShardState.done and marker is not None and any(
+        marker.by_status.get(s) for s in RETRIED_STATUSES)
 
 
 def shards_left(out_dir: str | Path, plan: Plan, *, verify: bool = False) -> list[Shard]:

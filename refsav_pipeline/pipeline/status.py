@@ -29,6 +29,7 @@ class RunStatus(BaseModel):
     rows: int
     rows_by_status: dict[str, int]
     failures_by_kind: dict[str, int]
+    rejected_by_kind: dict[str, int] = {}  # rejected rows: the check their answers failed
     model_calls: int
     cached_calls: int
     prompt_tokens: int
@@ -46,9 +47,11 @@ def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
     markers = [m for _, m in states.values() if m is not None]
     by_status: Counter[str] = Counter()
     kinds: Counter[str] = Counter()
+    rejected: Counter[str] = Counter()
     for m in markers:
         by_status.update(m.by_status)
         kinds.update(m.by_error_kind)
+        rejected.update(m.by_rejected_kind)
     videos = {s.shard_id: len(s.videos) for s in plan.shards}
     done_videos = sum(videos[m.shard_id] for m in markers)
     rows_per_s = videos_per_s = eta = None
@@ -70,6 +73,7 @@ def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
         videos_total=plan.num_videos, videos_done=done_videos,
         rows=sum(m.rows for m in markers), rows_by_status=dict(sorted(by_status.items())),
         failures_by_kind=dict(kinds.most_common()),
+        rejected_by_kind=dict(rejected.most_common()),
         model_calls=sum(m.model_calls for m in markers),
         cached_calls=sum(m.cached_calls for m in markers),
         prompt_tokens=sum(m.prompt_tokens for m in markers),
@@ -95,6 +99,10 @@ def print_status(st: RunStatus, console: Console) -> None:
                                                   st.rows_by_status.items()))
     if st.failures_by_kind:
         t.add_row("failures", ", ".join(f"{k} {v}" for k, v in st.failures_by_kind.items()))
+    if st.rejected_by_kind:
+        t.add_row("rejected answers", ", ".join(f"{k} {v}" for k, v in
+                                                st.rejected_by_kind.items()))
+    if st.failures_by_kind or st.rejected_by_kind:
         t.add_row("retry them", f"refsav resume --out {st.out_dir} --retry-failed")
     t.add_row("model calls", f"{st.model_calls} ({st.cached_calls} from cache)")
     t.add_row("tokens", f"{st.prompt_tokens} prompt / {st.completion_tokens} completion")

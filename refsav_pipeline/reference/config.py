@@ -12,6 +12,11 @@ class _Section(BaseModel):
 
 
 FaultKind = Literal["http_500", "hang", "malformed_json"]
+BadAnswerKind = Literal["null", "empty", "truncated", "refusal", "runaway", "repetition",
+                        "prompt_leak", "not_english", "same_video_caption"]
+BAD_ANSWER_KINDS: tuple[BadAnswerKind, ...] = (
+    "null", "empty", "truncated", "refusal", "runaway", "repetition", "prompt_leak",
+    "not_english", "same_video_caption")
 
 
 class ReferenceServerConfig(_Section):
@@ -25,6 +30,13 @@ class ReferenceServerConfig(_Section):
         default_factory=lambda: ["http_500", "hang", "malformed_json"],
         description="malformed_json applies to judge requests only")
     hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
+    bad_answer_rate: float = Field(
+        0.0, ge=0, le=1, description="share of answers that are bad on purpose (HTTP 200): "
+        "reference/bad_answers.py; drawn from `seed` and the request, so deterministic")
+    bad_answers: list[BadAnswerKind] = Field(
+        default_factory=lambda: list(BAD_ANSWER_KINDS),
+        description="the kinds drawn from; prompt_leak only on scene/video requests, "
+        "same_video_caption only on video requests")
     seed: int = 0
     trust_request_mm_kwargs: bool | None = Field(
         None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "

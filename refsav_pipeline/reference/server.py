@@ -5,7 +5,9 @@ pipeline runs and is tested without GPUs, and wrong crops, frames or frame order
 the captions. Which call a request is, is inferred from what a model would see: no image →
 text task (the judge, if it carries two descriptions); one image with yellow marks → scene;
 one image without → object; several images → video. Latency and faults (HTTP 500, hangs,
-malformed judge JSON) can be injected; successful answers are always deterministic.
+malformed judge JSON) can be injected; successful answers are always deterministic. Its answers
+are those of a well-behaved model (no words about the yellow marks, a distinct video caption
+per object of a synthetic video) unless its bad mode (``reference.bad_answers``) is on.
 
 It keeps vLLM's contract where the pipeline relies on it, with vLLM's wording, as ``vllm serve``
 would be started by ``refsav serve vllm`` for the same config: per-request
@@ -39,6 +41,7 @@ from refsav_pipeline.colors import color_terms_in, highlight_mask
 from refsav_pipeline.llm.budget import DEFAULT_MAX_DYNAMIC_PATCH, image_tokens
 from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.llm.prompts import IMAGE_PLACEHOLDER
+from refsav_pipeline.reference.bad_answers import bad_text, bad_verdict, draw
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.vision import (
     decode_jpeg,
@@ -177,8 +180,11 @@ def answer_decoded(text: str, rgbs: list[np.ndarray]) -> tuple[str, str, dict[st
         if not seen:
             return "video", "I cannot find a yellow box in these frames.", None
         color = next((s.color for s in seen if s.color), None)
-        subject = f"The {color} object in the yellow box" if color else "The boxed object"
+        subject = f"The {color} object" if color else "The object"
         verb = "stays still" if direction == "still" else f"moves {direction}"
+        if _tag(text, "other_objects") is not None:  # contrastive: say what sets it apart
+            return ("video", f"{subject} that starts {_place(seen[0].position, 'frame')} "
+                    f"{verb} across the video, unlike the other objects.", None)
         return "video", f"{subject} {verb} across the video.", None
     rgb = rgbs[0]
     yellow = highlight_mask(rgb)  # once: has_highlight and see_outlined both need it
@@ -186,8 +192,7 @@ def answer_decoded(text: str, rgbs: list[np.ndarray]) -> tuple[str, str, dict[st
         s = see_outlined(rgb, yellow)
         if s.color is None:
             return "scene", "I cannot find an outlined object in this frame.", None
-        return ("scene", f"The {s.color} object outlined in yellow is "
-                f"{_place(s.position, 'frame')}.", None)
+        return "scene", f"The {s.color} object is {_place(s.position, 'frame')}.", None
     s = see_object(rgb)
     if s.color is None:
         return "object", "The image is completely black; I cannot see any object.", None
@@ -305,15 +310,23 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
                                "tokens, which exceeds this limit even without any output "
                                "tokens. Please reduce the length of the input prompt.")
         stats.kinds[kind] += 1
+        finish_reason = "stop"
         if fault == "malformed_json":
             stats.faults["malformed_json"] += 1
             content = content[: max(1, len(content) // 2)]
-        completion_tokens = _count_tokens(content)
+        else:
+            bad = draw(cfg.seed, cfg.bad_answer_rate, cfg.bad_answers, kind, text,
+                       body.get("seed"), images)
+            if bad is not None:
+                stats.faults[f"bad:{bad}"] += 1
+                content, finish_reason = (bad_verdict(bad, json.loads(content))
+                                          if kind == "judge" else bad_text(bad, kind, content))
+        completion_tokens = _count_tokens(content or "")
         return JSONResponse({  # as is: FastAPI's jsonable_encoder pass is wasted on plain JSON
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": name,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
-                         "logprobs": None, "finish_reason": "stop"}],
+                         "logprobs": None, "finish_reason": finish_reason}],
             "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                       "total_tokens": prompt_tokens + completion_tokens},
         })

@@ -33,6 +33,11 @@ def reference(
         help="probability of an injected fault per completion (500, hang, bad judge JSON)")] = None,
     hang: Annotated[float | None, typer.Option(help="seconds a 'hang' fault lasts")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the fault generator")] = None,
+    bad_answer_rate: Annotated[float | None, typer.Option(
+        help="share of answers that are bad on purpose (empty, truncated, refusal, runaway, "
+             "loop, leak, not English, same video caption): docs/quality.md")] = None,
+    bad_answers: Annotated[str | None, typer.Option(
+        help="comma-separated bad kinds to draw from (default: all)")] = None,
     trust_request_mm_kwargs: Annotated[bool | None, typer.Option(
         "--trust-request-mm-kwargs/--no-trust-request-mm-kwargs",
         help="accept per-request mm_processor_kwargs, like vLLM's flag (default: as "
@@ -41,17 +46,27 @@ def reference(
         help="pipeline YAML: model names served, reference_server defaults")] = None,
 ) -> None:
     """Offline OpenAI-compatible server whose answers are computed from the images sent."""
+    from refsav_pipeline.reference.config import BAD_ANSWER_KINDS
     from refsav_pipeline.reference.server import run_server, served_models
 
+    kinds = bad_answers.split(",") if bad_answers else None
+    unknown = sorted(set(kinds or ()) - set(BAD_ANSWER_KINDS))
+    if unknown:
+        raise typer.BadParameter(f"unknown kind(s) {', '.join(unknown)}; known: "
+                                 f"{', '.join(BAD_ANSWER_KINDS)}", param_hint="--bad-answers")
     cfg = _load(config)
     over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
                               "fault_rate": fault_rate, "hang_s": hang, "seed": seed,
-                              "trust_request_mm_kwargs": trust_request_mm_kwargs}.items()
+                              "trust_request_mm_kwargs": trust_request_mm_kwargs,
+                              "bad_answer_rate": bad_answer_rate,
+                              "bad_answers": kinds,
+                              }.items()
             if v is not None}
     rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
     names = ", ".join(m.name for m in served_models(cfg.models, rs))
     typer.echo(f"reference server on http://{rs.host}:{rs.port}/v1 serving {names} "
-               f"(latency {rs.latency_s}s, fault rate {rs.fault_rate})", err=True)
+               f"(latency {rs.latency_s}s, fault rate {rs.fault_rate}, bad answer rate "
+               f"{rs.bad_answer_rate})", err=True)
     run_server(cfg.models, rs)
 
 
