@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 from ray.exceptions import GetTimeoutError, RayError
 
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.llm.cache import working_on
 from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline.captions import caption_masklet
@@ -64,7 +65,7 @@ class ActorStatus(BaseModel):
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
 class CaptionActor:
-    """Holds one ModelSession (HTTP pools, its own request-cache shard); captions masklets
+    """Holds one ModelSession (HTTP pools, its own request-cache files); captions masklets
     concurrently. Ray resolves the job references before ``caption`` runs."""
 
     def __init__(self, cfg: PipelineConfig, out_dir: str) -> None:
@@ -72,7 +73,21 @@ class CaptionActor:
         self._cpu0 = time.process_time()
 
     async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
-        return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
+        """Caption ``jobs``, holding their videos' request-cache partitions meanwhile (read
+        once per call off the event loop; dropped when no call holds them any more)."""
+        cache = self.session.cache
+        if cache is None:
+            return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
+        videos = sorted({j.base["video_id"] for j in jobs})
+        await asyncio.to_thread(cache.acquire, *videos)
+        try:
+            return list(await asyncio.gather(*(self._caption(j) for j in jobs)))
+        finally:
+            cache.release(*videos)
+
+    async def _caption(self, job: MaskletJob) -> RefSavRow:
+        with working_on(job.base["video_id"]):
+            return await caption_masklet(self.session, job)
 
     async def stats(self) -> dict[str, Any]:
         """Session stats, and this process's CPU seconds since it was set up."""
