@@ -17,17 +17,15 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from refsav_pipeline import __version__
 from refsav_pipeline.pipeline.plan import Plan, Shard, shard_name, write_atomic
 from refsav_pipeline.records import (
-    ROW_SCHEMA,
     SHARDS_DIR,
     RefSavRow,
     ShardMarker,
     file_sha256,
     marker_path,
+    row_schema,
     rows_to_table,
     table_to_rows,
     valid_marker,
@@ -46,6 +44,8 @@ def shard_path(out_dir: str | Path, shard: Shard | int) -> Path:
 
 
 def parquet_bytes(rows: list[RefSavRow]) -> bytes:
+    import pyarrow.parquet as pq  # here, so `refsav status` (markers only) never imports it
+
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows), buf, compression="zstd")
     return buf.getvalue()
@@ -82,7 +82,9 @@ def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], finge
 
 
 def read_shard(out_dir: str | Path, shard_id: int) -> list[RefSavRow]:
-    return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=ROW_SCHEMA))
+    import pyarrow.parquet as pq
+
+    return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=row_schema()))
 
 
 @dataclass
