@@ -1,6 +1,7 @@
-"""The request cache by work: a process holds only the partitions (videos) it works on.
+"""The request cache by work: a process holds only the partitions (videos) it works on; and
+its keys: the same bytes as ever, the images hashed once in the CPU stage.
 
-Real files, real processes; the layout of older runs is still read.
+Real files, real processes, the reference server; the layout of older runs is still read.
 """
 
 from __future__ import annotations
@@ -8,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
+import pytest
 from pipeline_helpers import wait_for
 
+from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.cache import (
     RequestCache,
     cache_key,
@@ -20,6 +24,14 @@ from refsav_pipeline.llm.cache import (
     scan_cache,
     working_on,
 )
+from refsav_pipeline.llm.config import ModelsConfig
+from refsav_pipeline.llm.errors import ModelCallError
+from refsav_pipeline.llm.images import Jpeg
+from refsav_pipeline.llm.session import ModelSession
+from refsav_pipeline.pipeline.prepare import prepare_video
+from refsav_pipeline.reference.server import ReferenceServer
+from refsav_pipeline.reference.testing import fast_client, models_at
+from refsav_pipeline.sav.index import index_sav_root
 
 
 def _fill(shared: Path, videos: int, per_video: int) -> None:
@@ -149,3 +161,24 @@ def test_cache_key_bytes_are_the_stdlib_json_of_every_cache_so_far() -> None:
         doc = {"schema": 1, **parts, **extra}
         stdlib = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         assert cache_key({**parts, **extra}) == hashlib.sha256(stdlib.encode()).hexdigest()
+
+
+def test_the_cpu_stage_hashes_each_image_once_and_the_digest_travels_with_it(
+        synth_root: Path, tmp_path: Path) -> None:
+    """A rendered image carries its sha256 (through pickling, as through Ray's object store),
+    and a call keyed by the carried digest is the call keyed by hashing the bytes."""
+    cfg = PipelineConfig()
+    ref = index_sav_root(synth_root)[0]
+    job = pickle.loads(pickle.dumps(prepare_video(synth_root, ref, cfg, "fp").jobs[0]))
+    for image in (job.crop_jpeg, job.masked_jpeg, job.contour_jpeg, *job.frames_jpegs):
+        assert isinstance(image, Jpeg)
+        assert image.sha256 == hashlib.sha256(bytes(image)).hexdigest()
+    with ReferenceServer(ModelsConfig()) as srv:
+        with ModelSession(models_at(srv.url), fast_client(), tmp_path) as s:
+            carried = s.run(s.complete("scene", [job.contour_jpeg], {"object_description": "x"}))
+            plain = s.run(s.complete("scene", [bytes(job.contour_jpeg)],
+                                     {"object_description": "x"}))
+            with pytest.raises(ModelCallError, match="image is not JPEG data"):
+                s.run(s.complete("scene", [b"not a jpeg"], {"object_description": "x"}))
+        assert srv.stats.requests["chat_completions"] == 1
+    assert not carried[0].cached and plain[0].cached and plain[0].text == carried[0].text

@@ -61,7 +61,6 @@ import fcntl
 import hashlib
 import json
 import logging
-import math
 import os
 import re
 import socket
@@ -95,33 +94,16 @@ _SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,99}")
 _current_part: ContextVar[str] = ContextVar("refsav_cache_part", default=DEFAULT_PART)
 
 
-def _orjson_safe(obj: Any) -> bool:
-    """Whether orjson writes ``obj`` as the stdlib does: it differs only on floats below 1e-4
-    (``1e-05`` vs ``0.00001``) and non-finite ones, and refuses integers past 64 bits."""
-    if isinstance(obj, dict):
-        return all(type(k) is str and _orjson_safe(v) for k, v in obj.items())
-    if isinstance(obj, list | tuple):
-        return all(_orjson_safe(v) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj) and (obj == 0 or abs(obj) >= 1e-4)
-    if isinstance(obj, int):
-        return -(1 << 63) <= obj < (1 << 64)
-    return obj is None or isinstance(obj, str)
+_KEY_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+"""One encoder for every key (``json.dumps`` with options builds a new one per call). The
+stdlib's, not orjson: orjson writes some floats differently (``1e-05`` vs ``0.00001``), and
+the key bytes must stay those of every cache written so far."""
 
 
 def cache_key(parts: dict[str, Any]) -> str:
-    """sha256 over canonical JSON of everything that determines an answer.
-
-    The bytes are ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)``'s
-    (the keys of every cache written so far); orjson writes them 5x faster where it writes
-    the same bytes (tested), the stdlib the rest."""
-    doc = {"schema": CACHE_SCHEMA, **parts}
-    if _orjson_safe(doc):
-        blob = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-    else:
-        blob = json.dumps(doc, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode()
-    return hashlib.sha256(blob).hexdigest()
+    """sha256 over canonical JSON of everything that determines an answer."""
+    blob = _KEY_JSON.encode({"schema": CACHE_SCHEMA, **parts})
+    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def part_dir(part: str) -> str:

@@ -12,7 +12,6 @@ on the calling thread, so a call costs no thread hop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import threading
 from collections.abc import Coroutine, Sequence
@@ -28,6 +27,7 @@ from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig, ModelsConfig
 from refsav_pipeline.llm.errors import ModelCallError
+from refsav_pipeline.llm.images import image_digest, is_jpeg
 from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
 from refsav_pipeline.llm.results import CallResult, Usage
@@ -147,28 +147,17 @@ class ModelSession:
             system, user = tpl.render(len(images), **(inputs or {}))
         except ValueError as e:  # wrong image count / inputs: this record's input is wrong
             raise ModelCallError(str(e), kind="bad_input", model=mcfg.model) from e
-        try:
-            parts = [jpeg_part(j) for j in images]
-        except ValueError as e:
-            raise ModelCallError(f"{tpl.ref}: {e}", kind="bad_image", model=mcfg.model) from e
+        if not all(is_jpeg(j) for j in images):
+            raise ModelCallError(f"{tpl.ref}: image is not JPEG data", kind="bad_image",
+                                 model=mcfg.model)
         sampling = {**mcfg.sampling.as_body(), **tpl.sampling}
         mm_kwargs = {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {}
-        messages: list[dict[str, Any]] = []
-        if system:
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user",
-                         "content": [*parts, {"type": "text", "text": user}] if parts else user})
-        body: dict[str, Any] = {"messages": messages, **sampling}
-        if mm_kwargs:
-            body["mm_processor_kwargs"] = mm_kwargs
-        if response_format is not None:
-            body["response_format"] = response_format
         check_fits(mcfg, tpl.ref, [system, user], images, sampling, mm_kwargs)
 
         key = cache_key({
             "model": mcfg.model, "prompt": tpl.ref, "prompt_digest": tpl.digest,
             "system": system, "user": user, "inputs": inputs or {},
-            "images": [hashlib.sha256(j).hexdigest() for j in images],
+            "images": [image_digest(j) for j in images],  # hashed once, in the CPU stage
             "sampling": sampling, "mm_processor_kwargs": mm_kwargs,
             "response_format": response_format,
         })
@@ -183,6 +172,17 @@ class ModelSession:
                 self._count(role, result)
                 return result, parsed
 
+        parts = [jpeg_part(j) for j in images]  # base64: only for a request actually sent
+        messages: list[dict[str, Any]] = []
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user",
+                         "content": [*parts, {"type": "text", "text": user}] if parts else user})
+        body: dict[str, Any] = {"messages": messages, **sampling}
+        if mm_kwargs:
+            body["mm_processor_kwargs"] = mm_kwargs
+        if response_format is not None:
+            body["response_format"] = response_format
         resp, parsed = await self._state().clients[role].chat(body, parse)
         result = CallResult(text=resp.text, model=mcfg.model, prompt_id=tpl.id,
                             prompt_version=tpl.version, usage=resp.usage,
