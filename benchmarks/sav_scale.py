@@ -86,12 +86,16 @@ def chunk_dir(root: Path, i: int, n: int) -> Path:
 
 
 def make_listing_root(root: Path, n: int, template: Path) -> None:
-    """``n`` videos over 56 chunks: hard links to one mp4 and one JSON (planning reads none)."""
+    """``n`` videos over 56 chunks: hard links to one mp4 and one JSON per chunk (planning
+    reads none; one pair per chunk keeps each under the file system's link limit)."""
     counts = masklet_counts(n)
-    mp4, js = template / "t.mp4", template / "t.json"
     for i in range(n):
         folder = chunk_dir(root, i, n)
-        folder.mkdir(parents=True, exist_ok=True)
+        mp4, js = folder / ".t.mp4", folder / ".t.json"
+        if not mp4.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copy(template / "t.mp4", mp4)
+            shutil.copy(template / "t.json", js)
         vid = video_id(i)
         os.link(mp4, folder / f"{vid}.mp4")
         os.link(js, folder / f"{vid}_manual.json")
