@@ -659,6 +659,9 @@ class RequestCache:
         """The folder ``put`` writes in (for error messages: a full local disk says so)."""
         return self.local or self.path
 
+    def __bool__(self) -> bool:  # a cache is a cache, however few answers it holds now
+        return True
+
     def __len__(self) -> int:
         """Answers this cache has for the calling context's partition (and older runs')."""
         index = self._part().index

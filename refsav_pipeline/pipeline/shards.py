@@ -130,7 +130,7 @@ def _states(out_dir: str | Path, listing: ShardListing, plan: Plan, verify: bool
         if not names:  # most shards of a fresh or half-done run: no path built, no syscall
             states[shard.shard_id] = pending
             continue
-        path = shard_path(out_dir, shard)
+        path = listing.folder / f"{shard_name(shard.shard_id)}.parquet"  # = shard_path()
         mname = marker_path(path).name
         marker = None
         if path.name in names and mname in names:
