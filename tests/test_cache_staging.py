@@ -139,7 +139,7 @@ def test_a_killed_promotion_loses_nothing_and_corrupts_nothing(tmp_path: Path, c
 def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Path) -> None:
     """The orphan path: from the dead writer's mark, over whatever its last promotion left."""
     shared, local = tmp_path / "cache", tmp_path / "local"
-    acked = killed_cache_writer(shared, local, 3000, interval=0.01)
+    acked = killed_cache_writer(shared, local, 20000, interval=0.01)  # promoted meanwhile
     ns = local_namespace(shared, str(local))
     assert ns is not None
     [orphan] = ns.rglob("*.jsonl")
