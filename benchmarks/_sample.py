@@ -98,8 +98,9 @@ def _annotation(video_id: str, spec: SampleSpec, kind: str, rles: list[list[dict
     }
 
 
-def write_video(folder: Path, video_id: str, spec: SampleSpec, rng: np.random.Generator) -> int:
-    """One mp4 + its JSONs; returns the number of masklets."""
+def write_video(folder: Path, video_id: str, spec: SampleSpec, rng: np.random.Generator,
+                manual: int = 2) -> int:
+    """One mp4 + its JSONs (the first ``manual`` masklets manual); returns the masklets."""
     w, h, n = spec.width, spec.height, spec.frames
     pan = n // 2  # background pans 0.5 px/frame to the left
     base = rng.integers(35, 90, size=(h // 8 + 1, (w + pan) // 8 + 1, 1)).astype(np.uint8)
@@ -146,7 +147,7 @@ def write_video(folder: Path, video_id: str, spec: SampleSpec, rng: np.random.Ge
             rles.append(visible)
     folder.mkdir(parents=True, exist_ok=True)
     write_mp4(folder / f"{video_id}.mp4", frames, gop=spec.gop)
-    kinds = ["manual" if i < 2 else "auto" for i in range(len(objs))]
+    kinds = ["manual" if i < manual else "auto" for i in range(len(objs))]
     for kind in ("manual", "auto"):
         idx = [i for i, k in enumerate(kinds) if k == kind]
         if kind == "manual" or idx:

@@ -2,10 +2,12 @@
 
 Why: decoding is the CPU stage's dominant cost. The pipeline (``prepare_video``) plans every
 masklet of a video from its RLEs first, then decodes only the union of their needed frames
-once per video, seeking to the keyframe before far-away frames (``decode_frames``). The honest
-baseline is a naive pipeline that also decodes each video once, but all of it, converting every
-frame to RGB: that ratio is the RESULT. A naiver script that decodes the whole video once per
-masklet is shown too (second line), since that is what per-masklet tools do.
+once per video, seeking to the keyframe before far-away frames (``decode_frames``). This
+compares decoding alone against a pipeline that decodes each video once, all of it, converting
+every frame to RGB: that ratio is the RESULT, and it overstates what seeking buys the stage.
+The whole CPU stage against an honest naive pipeline (RGB only for the needed frames, the same
+rendering and JPEG) is ``benchmarks/cpu_stage.py``. A naiver script that decodes the whole
+video once per masklet is shown too (second line), since that is what per-masklet tools do.
 
 The two ``decode_frames`` backends get the same needed-frame sets but not the same work:
 ``pyav`` seeks, ``opencv`` grabs sequentially up to the last needed frame and so decodes more

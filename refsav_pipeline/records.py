@@ -2,18 +2,22 @@
 
 The Parquet schema is fixed here and nowhere else; ``ROW_SCHEMA`` is written into every shard so
 files from different runs concatenate, and ``read_rows`` is how every reader loads a run.
+pyarrow is imported when a schema or table is first needed (PEP 562 for ``ROW_SCHEMA`` and
+``MASKLET_FIELDS``), so reading markers (``refsav status``) costs no pyarrow import.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, field_validator
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 Status = Literal["ok", "rejected_inconsistent", "rejected", "failed"]
 RETRIED_STATUSES = ("failed", "rejected")
@@ -106,61 +110,81 @@ class RefSavRow(MaskletLocation):
         return [] if v is None else v
 
 
-def _per_call(value_type: pa.DataType) -> pa.DataType:
-    return pa.struct([pa.field(c, value_type) for c in CALLS])
+@cache
+def masklet_fields() -> list[pa.Field]:
+    """Where a masklet is (key, SA-V files, frame size, size bucket): the leading columns of the
+    run's rows, the benchmark selection and the validated benchmark, defined once here."""
+    import pyarrow as pa
+
+    return [
+        pa.field("video_id", pa.string(), nullable=False),
+        pa.field("masklet_type", pa.string(), nullable=False),
+        pa.field("masklet_id", pa.int32(), nullable=False),
+        pa.field("masklet_index", pa.int32(), nullable=False),
+        pa.field("video_path", pa.string(), nullable=False),
+        pa.field("anno_path", pa.string(), nullable=False),
+        pa.field("height", pa.int32(), nullable=False),
+        pa.field("width", pa.int32(), nullable=False),
+        pa.field("video_frame_count", pa.int32(), nullable=False),
+        pa.field("size_bucket", pa.string()),
+    ]
 
 
-MASKLET_FIELDS: list[pa.Field] = [
-    pa.field("video_id", pa.string(), nullable=False),
-    pa.field("masklet_type", pa.string(), nullable=False),
-    pa.field("masklet_id", pa.int32(), nullable=False),
-    pa.field("masklet_index", pa.int32(), nullable=False),
-    pa.field("video_path", pa.string(), nullable=False),
-    pa.field("anno_path", pa.string(), nullable=False),
-    pa.field("height", pa.int32(), nullable=False),
-    pa.field("width", pa.int32(), nullable=False),
-    pa.field("video_frame_count", pa.int32(), nullable=False),
-    pa.field("size_bucket", pa.string()),
-]
-"""Where a masklet is (key, SA-V files, frame size, size bucket): the leading columns of the
-run's rows, the benchmark selection and the validated benchmark, defined once here."""
+@cache
+def row_schema() -> pa.Schema:
+    """The Parquet schema of a run's rows (``ROW_SCHEMA``)."""
+    import pyarrow as pa
 
-ROW_SCHEMA = pa.schema([
-    *MASKLET_FIELDS,
-    pa.field("max_area_frame", pa.int32()),
-    pa.field("max_area", pa.int64()),
-    pa.field("sampled_frames", pa.list_(pa.int32())),
-    pa.field("bbox", pa.list_(pa.int32())),
-    pa.field("object_caption_crop", pa.string()),
-    pa.field("object_caption_masked", pa.string()),
-    pa.field("consistent", pa.bool_()),
-    pa.field("judge_reason", pa.string()),
-    pa.field("object_caption", pa.string()),
-    pa.field("scene_caption", pa.string()),
-    pa.field("video_caption", pa.string()),
-    pa.field("first_video_caption", pa.string()),
-    pa.field("max_similarity", pa.float64()),
-    pa.field("captioner_model", pa.string()),
-    pa.field("judge_model", pa.string()),
-    pa.field("prompt_versions", _per_call(pa.string())),
-    pa.field("latency_s", _per_call(pa.float64())),
-    pa.field("prompt_tokens", pa.int64(), nullable=False),
-    pa.field("completion_tokens", pa.int64(), nullable=False),
-    pa.field("prompt_tokens_by_call", _per_call(pa.int64())),
-    pa.field("completion_tokens_by_call", _per_call(pa.int64())),
-    pa.field("cached_calls", pa.int32(), nullable=False),
-    pa.field("check_failures", pa.list_(pa.string())),
-    pa.field("status", pa.string(), nullable=False),
-    pa.field("error_kind", pa.string()),
-    pa.field("error", pa.string()),
-    pa.field("rejected_answer", pa.string()),
-    pa.field("pipeline_version", pa.string(), nullable=False),
-    pa.field("config_fingerprint", pa.string(), nullable=False),
-])
+    def per_call(value_type: pa.DataType) -> pa.DataType:
+        return pa.struct([pa.field(c, value_type) for c in CALLS])
+
+    return pa.schema([
+        *masklet_fields(),
+        pa.field("max_area_frame", pa.int32()),
+        pa.field("max_area", pa.int64()),
+        pa.field("sampled_frames", pa.list_(pa.int32())),
+        pa.field("bbox", pa.list_(pa.int32())),
+        pa.field("object_caption_crop", pa.string()),
+        pa.field("object_caption_masked", pa.string()),
+        pa.field("consistent", pa.bool_()),
+        pa.field("judge_reason", pa.string()),
+        pa.field("object_caption", pa.string()),
+        pa.field("scene_caption", pa.string()),
+        pa.field("video_caption", pa.string()),
+        pa.field("first_video_caption", pa.string()),
+        pa.field("max_similarity", pa.float64()),
+        pa.field("captioner_model", pa.string()),
+        pa.field("judge_model", pa.string()),
+        pa.field("prompt_versions", per_call(pa.string())),
+        pa.field("latency_s", per_call(pa.float64())),
+        pa.field("prompt_tokens", pa.int64(), nullable=False),
+        pa.field("completion_tokens", pa.int64(), nullable=False),
+        pa.field("prompt_tokens_by_call", per_call(pa.int64())),
+        pa.field("completion_tokens_by_call", per_call(pa.int64())),
+        pa.field("cached_calls", pa.int32(), nullable=False),
+        pa.field("check_failures", pa.list_(pa.string())),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("error_kind", pa.string()),
+        pa.field("error", pa.string()),
+        pa.field("rejected_answer", pa.string()),
+        pa.field("pipeline_version", pa.string(), nullable=False),
+        pa.field("config_fingerprint", pa.string(), nullable=False),
+    ])
+
+
+def __getattr__(name: str) -> Any:
+    """``ROW_SCHEMA`` and ``MASKLET_FIELDS``, built (and pyarrow imported) on first use."""
+    if name == "ROW_SCHEMA":
+        return row_schema()
+    if name == "MASKLET_FIELDS":
+        return masklet_fields()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def rows_to_table(rows: list[RefSavRow]) -> pa.Table:
-    return pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=ROW_SCHEMA)
+    import pyarrow as pa
+
+    return pa.Table.from_pylist([r.model_dump(mode="json") for r in rows], schema=row_schema())
 
 
 def table_to_rows(table: pa.Table) -> list[RefSavRow]:
@@ -232,7 +256,10 @@ def shard_files(out_dir: str | Path) -> list[Path]:
 
 def read_rows(out_dir: str | Path) -> pa.Table:
     """All rows of a run as one table, in shard order (empty table with the schema if none)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     files = shard_files(out_dir)
     if not files:
-        return ROW_SCHEMA.empty_table()
-    return pa.concat_tables([pq.read_table(f, schema=ROW_SCHEMA) for f in files])
+        return row_schema().empty_table()
+    return pa.concat_tables([pq.read_table(f, schema=row_schema()) for f in files])

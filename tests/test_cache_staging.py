@@ -12,14 +12,21 @@ from pathlib import Path
 import pytest
 from pipeline_helpers import killed_cache_writer, wait_for
 
-from refsav_pipeline.llm.cache import RequestCache, local_namespace, promote, promote_orphans
+from refsav_pipeline.llm.cache import (
+    CacheScan,
+    RequestCache,
+    local_namespace,
+    promote,
+    promote_orphans,
+    scan_cache,
+)
 from refsav_pipeline.llm.config import ClientConfig
 from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
 
 
-def _shared_only(shared: Path) -> RequestCache:
+def _shared_only(shared: Path) -> CacheScan:
     """What the shared folder holds, read without promoting anything on the way."""
-    return RequestCache(shared, local_dir="")
+    return scan_cache(shared)
 
 
 
@@ -31,7 +38,7 @@ def test_a_killed_writers_shard_is_promoted_on_its_node_a_live_one_is_not(
         live.put(f"live{i}", {"text": f"L{i}"})
     acked = killed_cache_writer(shared, local, 1500)  # its open leaves the live shard alone
     ns = local_namespace(shared, str(local))
-    assert ns is not None and len(list(ns.glob("*.jsonl"))) == 2
+    assert ns is not None and len(list(ns.rglob("*.jsonl"))) == 2
     assert len(_shared_only(shared)) == 0  # nothing promoted yet: all of it is on local disk
 
     reports = promote_on_every_node(
@@ -42,7 +49,7 @@ def test_a_killed_writers_shard_is_promoted_on_its_node_a_live_one_is_not(
     assert all(f"k{i}" in seen for i in range(acked + 1)) and seen.torn_lines == 0
     assert seen.get(f"k{acked}") == {"text": "t" * 200, "i": acked}
     assert "live0" not in seen  # the live writer's shard was left alone...
-    assert list(ns.glob("*.jsonl")) == [live.local_shard]  # ...and the dead one deleted
+    assert list(ns.rglob("*.jsonl")) == [live.local_shard]  # ...and the dead one deleted
     live.put("live50", {"text": "L50"})  # it goes on writing its own shard
     live.close()
     seen = _shared_only(shared)
@@ -56,7 +63,7 @@ def test_interval_and_close_promote_and_close_removes_the_local_shard(tmp_path: 
     for i in range(20):
         cache.put(f"a{i}", {"text": f"A{i}"})
     assert cache.shard is not None and cache.local_shard is not None
-    assert cache.local_shard.parent == local_namespace(shared, str(local))
+    assert cache.local_shard.parent == local_namespace(shared, str(local)) / "parts" / "_"  # type: ignore[operator]
     wait_for(lambda: len(_shared_only(shared)) == 20, 60, "the background promotion")
     assert cache.local_shard.exists()  # still writing there
     slow = RequestCache(shared, local_dir=str(local), promote_interval_s=3600)
@@ -67,7 +74,7 @@ def test_interval_and_close_promote_and_close_removes_the_local_shard(tmp_path: 
     assert not cache.local_shard.exists() and not slow.local_shard.exists()  # type: ignore
     assert not local_namespace(shared, str(local)).exists()  # type: ignore[union-attr]
     seen = _shared_only(shared)
-    assert len(seen) == 40 and seen.shards_loaded == 2
+    assert len(seen) == 40 and seen.files == 2
     assert seen.get("b19") == {"text": "B19"} and seen.torn_lines == 0
 
 
@@ -79,7 +86,7 @@ def test_the_default_stages_under_the_temp_dir_and_is_namespaced_per_run(tmp_pat
     ca.put("x", {"text": "from a"})
     cb.put("x", {"text": "from b"})
     assert ca.local_shard is not None and cb.local_shard is not None
-    assert ca.local_shard.parent.parent == Path(tempfile.gettempdir()) / "refsav-cache"
+    assert ca.local_shard.parents[3] == Path(tempfile.gettempdir()) / "refsav-cache"
     assert ca.local_shard.parent != cb.local_shard.parent
     ca.close()
     cb.close()
@@ -92,7 +99,7 @@ def test_the_default_stages_under_the_temp_dir_and_is_namespaced_per_run(tmp_pat
     direct.close()
 
 
-def _json_ok(cache: RequestCache, key: str) -> bool:
+def _json_ok(cache: CacheScan, key: str) -> bool:
     """``key`` is absent or answers a whole record."""
     return key not in cache or "text" in (cache.get(key) or {})
 
@@ -132,15 +139,16 @@ def test_a_killed_promotion_loses_nothing_and_corrupts_nothing(tmp_path: Path, c
 def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Path) -> None:
     """The orphan path: from the dead writer's mark, over whatever its last promotion left."""
     shared, local = tmp_path / "cache", tmp_path / "local"
-    acked = killed_cache_writer(shared, local, 3000, interval=0.01)
+    acked = killed_cache_writer(shared, local, 20000, interval=0.01)  # promoted meanwhile
     ns = local_namespace(shared, str(local))
     assert ns is not None
-    [orphan] = ns.glob("*.jsonl")
-    [mark] = ns.glob("*.jsonl.promoted")  # it had promoted before it died
+    [orphan] = ns.rglob("*.jsonl")
+    [mark] = ns.rglob("*.jsonl.promoted")  # it had promoted before it died
+    target = shared / orphan.relative_to(ns)
     staged = orphan.read_bytes()
     marked = int(mark.read_text())
     assert 0 < marked < len(staged)
-    with open(shared / orphan.name, "r+b") as fh:  # its last promotion was cut short
+    with open(target, "r+b") as fh:  # its last promotion was cut short
         fh.truncate(marked)
         fh.seek(marked)
         fh.write(bytes(50) + staged[marked + 50: marked + 300])
@@ -148,7 +156,7 @@ def test_a_killed_writer_with_a_killed_promotion_is_promoted_whole(tmp_path: Pat
     (ns / "w.jsonl.new").write_bytes(b"")  # a writer killed before it locked its shard
     report = promote_orphans(shared, str(local))
     assert (report.shards, report.busy) == (1, 0)
-    assert (shared / orphan.name).read_bytes() == staged
+    assert target.read_bytes() == staged
     assert not ns.exists()  # shard, mark and the emptied folder are gone
     seen = _shared_only(shared)
     assert all(f"k{i}" in seen for i in range(acked + 1)) and seen.torn_lines == 0

@@ -67,7 +67,7 @@ def test_cache_answers_second_identical_call_without_http(tmp_path: Path) -> Non
         with ModelSession(models_at(srv.url), fast_client(), tmp_path) as s2:
             res = s2.run(calls.describe_object(s2, c, m))
             assert res.masked.cached and srv.stats.requests["chat_completions"] == n + 1
-            assert list((tmp_path / "cache").glob("*.jsonl"))
+            assert list((tmp_path / "cache" / "parts").rglob("*.jsonl"))
 
 
 def test_cache_key_covers_sampling_and_prompt_version(tmp_path: Path) -> None:
@@ -273,7 +273,7 @@ def test_cache_is_safe_with_several_processes(tmp_path: Path) -> None:
         p.join(60)
         assert p.exitcode == 0
     cache = RequestCache(path)
-    assert cache.shards_loaded == 3 and len(cache) == 451
+    assert len(cache) == 451 and cache.files_read == 3
     assert cache.get("k1149") == {"text": "t1149"} and cache.get("k500") is None
     assert cache.get("shared")["text"].startswith("from ")
     assert cache.stats() == {"hits": 2, "misses": 1, "writes": 0}

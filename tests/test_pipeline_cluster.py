@@ -17,7 +17,7 @@ import ray
 from pipeline_helpers import config_for, killed_cache_writer, write_config
 from ray.cluster_utils import Cluster
 
-from refsav_pipeline.llm.cache import RequestCache, local_namespace
+from refsav_pipeline.llm.cache import local_namespace, scan_cache
 from refsav_pipeline.llm.config import ClientConfig
 from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
 from refsav_pipeline.pipeline.cli import free_port, reference_server
@@ -94,7 +94,7 @@ def test_leftover_cache_shards_are_promoted_on_every_node(tmp_path: Path) -> Non
              for i, (name, d) in enumerate(disks.items())}
     staged = {name: local_namespace(shared, str(d / "refsav-cache"))
               for name, d in disks.items()}
-    assert all(ns is not None and len(list(ns.glob("*.jsonl"))) == 1 for ns in staged.values())
+    assert all(ns is not None and len(list(ns.rglob("*.jsonl"))) == 1 for ns in staged.values())
     os.environ["RAY_AUTH_MODE"] = "disabled"  # a throwaway cluster: no token to hand around
     cluster = Cluster()
     try:
@@ -108,9 +108,9 @@ def test_leftover_cache_shards_are_promoted_on_every_node(tmp_path: Path) -> Non
         cluster.shutdown()
         os.environ.pop("RAY_AUTH_MODE", None)
     assert sorted(r.shards for r in reports) == [1, 1]  # each node promoted its own shard
-    seen = RequestCache(shared, local_dir="")
-    assert seen.shards_loaded == 2 and seen.torn_lines == 0
-    lines = sorted(len(p.read_bytes().splitlines()) for p in shared.glob("*.jsonl"))
+    seen = scan_cache(shared)
+    assert seen.files == 2 and seen.torn_lines == 0
+    lines = sorted(len(p.read_bytes().splitlines()) for p in shared.rglob("*.jsonl"))
     assert all(n > a for n, a in zip(lines, sorted(acked.values()), strict=True))
     assert all(f"k{i}" in seen for i in range(max(acked.values()) + 1))
     assert not any(ns.exists() for ns in staged.values() if ns is not None)

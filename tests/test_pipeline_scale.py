@@ -56,9 +56,10 @@ def two_actor_run(synth_root: Path, local_ray: None, tmp_path_factory: pytest.Te
 
 def test_actors_share_the_load_each_with_its_own_cache_shard(two_actor_run: tuple) -> None:
     out, stats, _ = two_actor_run
-    shards = sorted((out / "cache").glob("*.jsonl"))
-    assert len(shards) == 2, shards  # one per actor, nobody shares a file
-    lines = [len(p.read_text().splitlines()) for p in shards]
+    files = sorted((out / "cache" / "parts").glob("*/*.jsonl"))  # per actor and video
+    writers = {f.name.rsplit("-", 1)[0] for f in files}  # <host>-<pid>-<id>-<n>.jsonl
+    assert len(writers) == 2, files  # each actor writes its own files, nobody shares one
+    lines = [len(p.read_text().splitlines()) for p in files]
     cache = stats.model["cache"]  # summed over the actors
     assert all(n > 0 for n in lines) and sum(lines) == cache["writes"]
     assert cache["misses"] + cache["hits"] == 5 * stats.masklets

@@ -12,7 +12,6 @@ from rich.console import Console
 from refsav_pipeline.cli_common import fail, load_config, run_folder
 from refsav_pipeline.config import ExportConfig
 from refsav_pipeline.errors import InputError, RecordError
-from refsav_pipeline.export.check import check_export
 from refsav_pipeline.export.inputs import chunks_option, display_config, require_validated
 from refsav_pipeline.export.layout import LayoutName
 from refsav_pipeline.review.paths import benchmark_path
@@ -195,6 +194,8 @@ def check(
     """Validate an export against Sa2VA's formats; exit 1 with the list of problems."""
     if not dest.is_dir():
         raise fail(f"{dest} is not a folder: pass the --to of a `refsav export sa2va`")
+    from refsav_pipeline.export.check import check_export
+
     report = check_export(dest, sav_root)
     for p in report.problems:
         typer.echo(str(p))

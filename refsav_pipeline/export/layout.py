@@ -20,7 +20,6 @@ from enum import StrEnum
 from pathlib import Path
 
 from refsav_pipeline.pipeline.plan import write_atomic
-from refsav_pipeline.records import file_sha256
 
 TRAIN_FILE = "Ref-SAV.json"
 OLD_TRAIN_FILE = "sam_v_final_v3.json"
@@ -82,6 +81,8 @@ def _written_by_us(layout: Layout) -> dict[str, str]:
 def guard_train_files(layout: Layout) -> None:
     """Refuse to replace a training JSON this exporter did not write, such as the published
     Ref-SAV.json downloaded into Sa2VA's data/ tree."""
+    from refsav_pipeline.records import file_sha256  # pyarrow: not for `--help`
+
     written = _written_by_us(layout)
     for path in layout.train_files:
         if path.exists() and written.get(path.name) != file_sha256(path):

@@ -175,12 +175,13 @@ class ClientConfig(_Section):
     cache: bool = True
     cache_path: str | None = Field(None, description="a folder; default: <out>/cache")
     cache_local_dir: str | None = Field(
-        None, description="node-local folder where each actor writes its cache shard before "
-        "promoting it to cache_path (resolved on each node, $VARS expanded); default: "
+        None, description="node-local folder where each actor writes its cache files before "
+        "promoting them to cache_path (resolved on each node, $VARS expanded); default: "
         "<temp dir>/refsav-cache, i.e. $TMPDIR if set. On Slurm/k8s use node-local scratch "
         "(e.g. $TMPDIR, an emptyDir). \"\": write straight to cache_path")
     cache_promote_interval_s: float = Field(
-        30.0, gt=0, description="how often a writer copies its new answers to cache_path; "
+        30.0, gt=0, description="how often a writer copies the new answers of the videos it "
+        "is working on to cache_path (a video's are copied as soon as it is done with it); "
         "a lost node loses at most this much of its answers (they are asked again)")
 
 

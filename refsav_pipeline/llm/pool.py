@@ -20,7 +20,6 @@ clients do for stale keep-alive connections).
 from __future__ import annotations
 
 import asyncio
-import json as jsonlib
 import ssl
 from collections import deque
 from dataclasses import dataclass
@@ -46,7 +45,9 @@ class Response:
         return self.content.decode("utf-8", errors="replace")
 
     def json(self) -> Any:
-        return jsonlib.loads(self.content)
+        """orjson: the stdlib's ``json.loads`` was a tenth of a request's CPU in the actor.
+        Its errors are ``json.JSONDecodeError``s (``ValueError``), as httpx's."""
+        return orjson.loads(self.content)
 
 
 class _Stale(Exception):

@@ -12,11 +12,11 @@ on the calling thread, so a call costs no thread hop.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import random
 import threading
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from functools import cached_property, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
@@ -35,6 +35,7 @@ from refsav_pipeline.llm.config import (
     ModelsConfig,
 )
 from refsav_pipeline.llm.errors import AnswerRejected, ModelCallError, UnparseableOutputError
+from refsav_pipeline.llm.images import image_digest, is_jpeg
 from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
 from refsav_pipeline.llm.results import CallResult, Usage
@@ -88,7 +89,6 @@ class _Request:
     mcfg: ModelEndpointConfig
     system: str | None
     user: str
-    parts: list[dict[str, Any]]
     images: Sequence[bytes]
     inputs: dict[str, str]
     image_digests: list[str]
@@ -97,14 +97,36 @@ class _Request:
     response_format: dict[str, Any] | None
     retry_temperature: float
 
-    def attempt(self, n: int, note: str | None) -> tuple[dict[str, Any], str]:
-        """(body, cache key) of attempt ``n`` (0: the first); raises ``request_too_long``."""
+    @cached_property
+    def parts(self) -> list[dict[str, Any]]:
+        """The images as base64 parts: made for a request actually sent, never for a cache
+        hit, and once for all of a call's attempts."""
+        return [jpeg_part(j) for j in self.images]
+
+    def attempt(self, n: int, note: str | None
+                ) -> tuple[Callable[[], dict[str, Any]], str]:
+        """(a maker of the body, cache key) of attempt ``n`` (0: the first); raises
+        ``request_too_long``."""
         user = f"{self.user}\n{note}" if note else self.user
         sampling = dict(self.sampling)
         if n:
             sampling["seed"] = int(self.sampling.get("seed") or 0) + n
             sampling["temperature"] = max(float(self.sampling.get("temperature", 0.0)),
                                           self.retry_temperature)
+        check_fits(self.mcfg, self.tpl.ref, [self.system, user], self.images, sampling,
+                   self.mm_kwargs)
+        key_parts: dict[str, Any] = {
+            "model": self.mcfg.model, "prompt": self.tpl.ref, "prompt_digest": self.tpl.digest,
+            "system": self.system, "user": user, "inputs": self.inputs,
+            "images": self.image_digests, "sampling": sampling,
+            "mm_processor_kwargs": self.mm_kwargs, "response_format": self.response_format,
+        }
+        if n:
+            key_parts["attempt"] = n
+        return partial(self._body, user, sampling), cache_key(key_parts)
+
+    def _body(self, user: str, sampling: dict[str, Any]) -> dict[str, Any]:
+        """The request of one attempt (its images as base64 parts)."""
         messages: list[dict[str, Any]] = []
         if self.system:
             messages.append({"role": "system", "content": self.system})
@@ -116,17 +138,7 @@ class _Request:
             body["mm_processor_kwargs"] = self.mm_kwargs
         if self.response_format is not None:
             body["response_format"] = self.response_format
-        check_fits(self.mcfg, self.tpl.ref, [self.system, user], self.images, sampling,
-                   self.mm_kwargs)
-        key_parts: dict[str, Any] = {
-            "model": self.mcfg.model, "prompt": self.tpl.ref, "prompt_digest": self.tpl.digest,
-            "system": self.system, "user": user, "inputs": self.inputs,
-            "images": self.image_digests, "sampling": sampling,
-            "mm_processor_kwargs": self.mm_kwargs, "response_format": self.response_format,
-        }
-        if n:
-            key_parts["attempt"] = n
-        return body, cache_key(key_parts)
+        return body
 
 
 @dataclass
@@ -233,12 +245,11 @@ class ModelSession:
             system, user = tpl.render(len(images), **(inputs or {}))
         except ValueError as e:  # wrong image count / inputs: this record's input is wrong
             raise ModelCallError(str(e), kind="bad_input", model=mcfg.model) from e
-        try:
-            parts = [jpeg_part(j) for j in images]
-        except ValueError as e:
-            raise ModelCallError(f"{tpl.ref}: {e}", kind="bad_image", model=mcfg.model) from e
-        ask = _Request(tpl, mcfg, system, user, parts, images, inputs or {},
-                       [hashlib.sha256(j).hexdigest() for j in images],
+        if not all(is_jpeg(j) for j in images):
+            raise ModelCallError(f"{tpl.ref}: image is not JPEG data", kind="bad_image",
+                                 model=mcfg.model)
+        ask = _Request(tpl, mcfg, system, user, images, inputs or {},
+                       [image_digest(j) for j in images],  # hashed once, in the CPU stage
                        {**mcfg.sampling.as_body(), **tpl.sampling},
                        {**mcfg.mm_processor_kwargs, **tpl.mm_processor_kwargs} if images else {},
                        response_format, self.checks.retry_temperature)

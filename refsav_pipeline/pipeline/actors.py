@@ -9,10 +9,11 @@ store and returns references; the caption actor receives the reference and Ray m
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pydantic import BaseModel, ConfigDict
 from ray.exceptions import GetTimeoutError, RayError
 
 from refsav_pipeline.config import PipelineConfig
+from refsav_pipeline.llm.cache import working_on
 from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline.captions import caption_masklet, recaption_distinct
@@ -64,7 +66,7 @@ class ActorStatus(BaseModel):
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
 class CaptionActor:
-    """Holds one ModelSession (HTTP pools, its own request-cache shard); captions masklets
+    """Holds one ModelSession (HTTP pools, its own request-cache files); captions masklets
     concurrently. Ray resolves the job references before ``caption`` runs."""
 
     def __init__(self, cfg: PipelineConfig, out_dir: str) -> None:
@@ -72,12 +74,36 @@ class CaptionActor:
         self._cpu0 = time.process_time()
 
     async def caption(self, *jobs: MaskletJob) -> list[RefSavRow]:
-        return list(await asyncio.gather(*(caption_masklet(self.session, j) for j in jobs)))
+        async with self._holding(*{j.base["video_id"] for j in jobs}):
+            return list(await asyncio.gather(*(self._caption(j) for j in jobs)))
+
+    async def _caption(self, job: MaskletJob) -> RefSavRow:
+        with working_on(job.base["video_id"]):
+            return await caption_masklet(self.session, job)
 
     async def recaption(self, job: MaskletJob, row: RefSavRow, others: list[str],
                         round_: int) -> RefSavRow:
-        """The contrastive video caption of one near-duplicate row (``pipeline.uniqueness``)."""
-        return await recaption_distinct(self.session, job, row, others, round_)
+        """The contrastive video caption of one near-duplicate row (``pipeline.uniqueness``),
+        cached in its video's partition like the row's other calls."""
+        video = job.base["video_id"]
+        async with self._holding(video):
+            with working_on(video):
+                return await recaption_distinct(self.session, job, row, others, round_)
+
+    @contextlib.asynccontextmanager
+    async def _holding(self, *videos: str) -> AsyncIterator[None]:
+        """Hold ``videos``' request-cache partitions meanwhile (read once off the event loop;
+        dropped when no call holds them any more)."""
+        cache = self.session.cache
+        if cache is None:
+            yield
+            return
+        ordered = sorted(videos)
+        await asyncio.to_thread(cache.acquire, *ordered)
+        try:
+            yield
+        finally:
+            cache.release(*ordered)
 
     async def stats(self) -> dict[str, Any]:
         """Session stats, and this process's CPU seconds since it was set up."""

@@ -17,20 +17,14 @@ from rich.console import Console
 from refsav_pipeline.cli_common import load_config, run_folder
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, RunStopped
-from refsav_pipeline.pipeline.driver import (
-    execute,
-    load_run_config,
-    prepare_output,
-    shards_to_do,
-)
 from refsav_pipeline.pipeline.interrupts import Interrupted, stop_on_signals
 from refsav_pipeline.pipeline.lease import run_lease
 from refsav_pipeline.pipeline.plan import PLAN_FILE, load_plan
-from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
 from refsav_pipeline.pipeline.status import print_status, run_status
-from refsav_pipeline.records import shard_files
-from refsav_pipeline.sav.synth import synth_sav
-from refsav_pipeline.serve.readiness import ServerExited, wait_healthy
+from refsav_pipeline.records import RETRIED_STATUSES
+
+# Ray, the model client, the decoders and Parquet are imported by the commands that use them,
+# so `refsav status` and `--help` start in a fraction of a second (docs/scale.md).
 
 console = Console(stderr=True)
 out_console = Console()
@@ -47,6 +41,8 @@ VerifyOpt = Annotated[bool, typer.Option(
 
 def _nothing_to_do(out: Path, retry_failed: bool = False) -> bool:
     """True (and says so) if every shard of the run at ``out`` is done: no Ray, no servers."""
+    from refsav_pipeline.pipeline.driver import shards_to_do
+
     todo, total = shards_to_do(out, retry_failed)
     if todo:
         return False
@@ -57,6 +53,8 @@ def _nothing_to_do(out: Path, retry_failed: bool = False) -> bool:
 def _ignored_on_existing_run(out: Path, shard_size: int | None, limit_videos: int | None
                              ) -> None:
     """Say which flags an existing plan overrides (the plan never changes without --force)."""
+    from refsav_pipeline.pipeline.driver import load_run_config
+
     saved = load_run_config(out)
     if shard_size is not None and shard_size != saved.run.shard_size:
         console.print(f"note: --shard-size {shard_size} ignored: {out} was planned with "
@@ -70,11 +68,9 @@ EXIT_FAILED_ROWS = 3
 """``run``/``resume`` finished, but some rows failed (``--allow-failed-rows``: 0). Distinct from
 usage mistakes (2), failures of the command itself (1) and signals (128 + the signal)."""
 
-RETRYABLE_STATUSES = ("failed", "rejected")
-"""Row statuses that ``resume --retry-failed`` is for (``rejected_inconsistent`` is an answer)."""
-
-
 def _shards_done(out: Path) -> str:
+    from refsav_pipeline.pipeline.driver import shards_to_do
+
     if not (out / PLAN_FILE).is_file():
         return "nothing was planned yet"
     todo, total = shards_to_do(out)
@@ -107,7 +103,7 @@ def _finish(out: Path, allow_failed_rows: bool) -> None:
     ``EXIT_FAILED_ROWS`` unless they are allowed."""
     st = run_status(out)
     print_status(st, out_console)
-    bad = {k: v for k, v in st.rows_by_status.items() if k in RETRYABLE_STATUSES and v}
+    bad = {k: v for k, v in st.rows_by_status.items() if k in RETRIED_STATUSES and v}
     if not bad:
         return
     what = " and ".join(f"{n} {status}" for status, n in bad.items())
@@ -141,6 +137,9 @@ def run(
     allow_failed_rows: AllowFailedOpt = False,
 ) -> None:
     """Generate Ref-SAV rows for every selected masklet, shard by shard, on Ray."""
+    from refsav_pipeline.pipeline.driver import execute, prepare_output
+    from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
+
     cfg = load_config(config)
     if shard_size is not None:
         cfg.run.shard_size = shard_size
@@ -174,6 +173,9 @@ def resume(
     allow_failed_rows: AllowFailedOpt = False,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
+    from refsav_pipeline.pipeline.driver import execute, load_run_config
+    from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
+
     out = run_folder(out)
     if config is not None:
         load_config(config)  # a broken file is named as such, before the fingerprint check
@@ -231,6 +233,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def reference_server(port: int, *extra: str, timeout_s: float = 60.0) -> Iterator[str]:
     """The offline reference server as a real subprocess on loopback; yields its base URL."""
+    from refsav_pipeline.serve.readiness import ServerExited, wait_healthy
+
     cmd = [sys.executable, "-m", "refsav_pipeline.cli", "serve", "reference",
            "--host", "127.0.0.1", "--port", str(port), *extra]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -266,6 +270,11 @@ def demo(
 ) -> None:
     """The whole job offline: synthetic SA-V sample → reference server → Ray run → status
     and an HTML report."""
+    from refsav_pipeline.pipeline.driver import execute, prepare_output
+    from refsav_pipeline.pipeline.preflight import check_models, check_sav_root
+    from refsav_pipeline.records import shard_files
+    from refsav_pipeline.sav.synth import synth_sav
+
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: pass a folder for the demo")
     sav, run_dir = out / "sav", out / "run"

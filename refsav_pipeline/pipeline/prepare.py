@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from refsav_pipeline import __version__
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import RecordError
+from refsav_pipeline.llm.images import Jpeg
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.render import Renderer
 from refsav_pipeline.sav.decode import decode_frames
@@ -144,6 +145,10 @@ def _render(root: Path, ref: SavVideoRef, cfg: PipelineConfig,
         return
     out.frames_decoded = decoded.decoded
     renderer = Renderer(cfg.render)
+
+    def jpeg(image: Any) -> Jpeg:  # hashed once here for the request cache's keys
+        return Jpeg(renderer.jpeg(image))
+
     for m, c, base in chosen:
         try:
             frame = decoded.frames[c.max_area_frame]
@@ -155,10 +160,10 @@ def _render(root: Path, ref: SavVideoRef, cfg: PipelineConfig,
             mask = decode_mask(m, c.max_area_frame)
             out.jobs.append(MaskletJob(
                 base=base,
-                crop_jpeg=renderer.jpeg(renderer.crop(frame, mask, c.bboxes[c.max_area_frame])),
-                masked_jpeg=renderer.jpeg(renderer.masked(frame, mask)),
-                contour_jpeg=renderer.jpeg(renderer.contour(frame, mask)),
-                frames_jpegs=[renderer.jpeg(renderer.boxed(decoded.frames[f], c.bboxes[f]))
+                crop_jpeg=jpeg(renderer.crop(frame, mask, c.bboxes[c.max_area_frame])),
+                masked_jpeg=jpeg(renderer.masked(frame, mask)),
+                contour_jpeg=jpeg(renderer.contour(frame, mask)),
+                frames_jpegs=[jpeg(renderer.boxed(decoded.frames[f], c.bboxes[f]))
                               for f in c.sampled_frames],
             ))
         except RecordError as err:

@@ -17,18 +17,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from refsav_pipeline import __version__
 from refsav_pipeline.pipeline.plan import Plan, Shard, shard_name, write_atomic
 from refsav_pipeline.records import (
     RETRIED_STATUSES,
-    ROW_SCHEMA,
     SHARDS_DIR,
     RefSavRow,
     ShardMarker,
     file_sha256,
     marker_path,
+    row_schema,
     rows_to_table,
     table_to_rows,
     valid_marker,
@@ -47,6 +45,8 @@ def shard_path(out_dir: str | Path, shard: Shard | int) -> Path:
 
 
 def parquet_bytes(rows: list[RefSavRow]) -> bytes:
+    import pyarrow.parquet as pq  # here, so `refsav status` (markers only) never imports it
+
     buf = io.BytesIO()
     pq.write_table(rows_to_table(rows), buf, compression="zstd")
     return buf.getvalue()
@@ -85,7 +85,9 @@ def write_shard(out_dir: str | Path, shard_id: int, rows: list[RefSavRow], finge
 
 
 def read_shard(out_dir: str | Path, shard_id: int) -> list[RefSavRow]:
-    return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=ROW_SCHEMA))
+    import pyarrow.parquet as pq
+
+    return table_to_rows(pq.read_table(shard_path(out_dir, shard_id), schema=row_schema()))
 
 
 @dataclass
@@ -131,7 +133,7 @@ def _states(out_dir: str | Path, listing: ShardListing, plan: Plan, verify: bool
         if not names:  # most shards of a fresh or half-done run: no path built, no syscall
             states[shard.shard_id] = pending
             continue
-        path = shard_path(out_dir, shard)
+        path = listing.folder / f"{shard_name(shard.shard_id)}.parquet"  # = shard_path()
         mname = marker_path(path).name
         marker = None
         if path.name in names and mname in names:

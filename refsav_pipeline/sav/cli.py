@@ -13,10 +13,7 @@ from rich.table import Table
 
 from refsav_pipeline.cli_common import fail
 from refsav_pipeline.errors import InputError, RecordError
-from refsav_pipeline.sav.frames import choose_frames
 from refsav_pipeline.sav.index import SavVideoRef, find_video
-from refsav_pipeline.sav.masklets import read_video_masklets
-from refsav_pipeline.sav.synth import synth_sav
 
 sav_app = typer.Typer(help="SA-V data: synthesize a sample, inspect a video's masklets.",
                       no_args_is_help=True)
@@ -38,6 +35,8 @@ def synth(
     """Write a synthetic SA-V sample (real mp4 + RLE JSON) with a ground-truth sidecar."""
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file: pass a folder for the sample")
+    from refsav_pipeline.sav.synth import synth_sav
+
     made = synth_sav(out, videos, seed)
     n = sum(len(v.objects) for v in made)
     console.print(f"wrote {len(made)} videos, {n} masklets under {out}")
@@ -46,6 +45,9 @@ def synth(
 def inspect_rows(sav_root: Path, video: str, kind: str, num_sampled: int = 8,
                  ref: SavVideoRef | None = None) -> list[dict]:
     """One dict per masklet with the frames the pipeline will use (JSON files only)."""
+    from refsav_pipeline.sav.frames import choose_frames
+    from refsav_pipeline.sav.masklets import read_video_masklets
+
     ref = ref or find_video(sav_root, video)
     types = ("manual", "auto") if kind == "all" else (kind,)
     rows = []
