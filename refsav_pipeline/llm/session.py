@@ -256,14 +256,14 @@ class ModelSession:
         failures: list[str] = []
         unparseable, attempt = 0, first_attempt
         while True:
-            body, key = ask.attempt(attempt, RETRY_NOTES[failures[-1]] if failures else None)
+            make_body, key = ask.attempt(attempt, RETRY_NOTES[failures[-1]] if failures else None)
             rec = self.cache.get(key) if self.cache is not None else None
             text: str | None
             if rec is not None:
                 text, finish, endpoint = rec["text"], rec.get("finish_reason", "stop"), ""
                 usage, latency, tries = Usage(**rec["usage"]), rec["latency_s"], rec["attempts"]
             else:
-                resp, _ = await self._state().clients[role].chat(body)
+                resp, _ = await self._state().clients[role].chat(make_body())
                 finish, endpoint = _finish_reason(resp.raw), resp.endpoint
                 text = None if _content(resp.raw) is None else resp.text  # null stays null
                 usage, latency, tries = resp.usage, resp.latency_s, resp.attempts + attempt
