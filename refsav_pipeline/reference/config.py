@@ -26,6 +26,10 @@ class ReferenceServerConfig(_Section):
         description="malformed_json applies to judge requests only")
     hang_s: float = Field(300.0, ge=0, description="how long a 'hang' fault holds a request")
     seed: int = 0
+    kv_capacity: int | None = Field(
+        None, ge=1, description="behave like a continuous-batching engine: at most this many "
+        "requests of each model run at once (for latency_s), the rest wait in a queue; "
+        "KV use = running / kv_capacity (GET /metrics). None: no limit")
     trust_request_mm_kwargs: bool | None = Field(
         None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "
         "None: as `refsav serve vllm` starts each model")

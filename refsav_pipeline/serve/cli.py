@@ -33,6 +33,9 @@ def reference(
         help="probability of an injected fault per completion (500, hang, bad judge JSON)")] = None,
     hang: Annotated[float | None, typer.Option(help="seconds a 'hang' fault lasts")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of the fault generator")] = None,
+    kv_capacity: Annotated[int | None, typer.Option(
+        min=1, help="at most N requests per model run at once, the rest wait (as in vLLM's "
+        "continuous batching; shown at /metrics)")] = None,
     trust_request_mm_kwargs: Annotated[bool | None, typer.Option(
         "--trust-request-mm-kwargs/--no-trust-request-mm-kwargs",
         help="accept per-request mm_processor_kwargs, like vLLM's flag (default: as "
@@ -46,12 +49,14 @@ def reference(
     cfg = _load(config)
     over = {k: v for k, v in {"host": host, "port": port, "latency_s": latency,
                               "fault_rate": fault_rate, "hang_s": hang, "seed": seed,
+                              "kv_capacity": kv_capacity,
                               "trust_request_mm_kwargs": trust_request_mm_kwargs}.items()
             if v is not None}
     rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
     names = ", ".join(m.name for m in served_models(cfg.models, rs))
     typer.echo(f"reference server on http://{rs.host}:{rs.port}/v1 serving {names} "
-               f"(latency {rs.latency_s}s, fault rate {rs.fault_rate})", err=True)
+               f"(latency {rs.latency_s}s, fault rate {rs.fault_rate}, KV capacity "
+               f"{rs.kv_capacity or 'unlimited'})", err=True)
     run_server(cfg.models, rs)
 
 
@@ -105,8 +110,10 @@ def vllm(
         m = getattr(cfg.models, role)
         cap = replica_capacity(m.model, m.vllm)
         sizing = cap.explain() if cap else f"{m.model}: shape unknown, no KV arithmetic"
+        limit = (f"auto, starting at {m.start_concurrency}" if m.adaptive
+                 else str(m.max_concurrency))
         typer.echo(f"# {role} per replica: {sizing}; client max_concurrency "
-                   f"{m.max_concurrency} per endpoint", err=True)
+                   f"{limit} per endpoint", err=True)
     if dry_run:
         for la in launches:
             where = ("local" if address is None
