@@ -68,6 +68,10 @@ class RunConfig(_Section):
     max_prepared_videos: int = Field(
         8, ge=1, description="videos rendered but not yet captioned (the queue between stages)")
     object_store_memory_mb: int = Field(1024, ge=128, description="local Ray instance only")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics at http://<driver host>:"
+        "PORT/metrics while the run goes (docs/metrics.md); None: off")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
 
 
 class ExportConfig(_Section):

@@ -38,6 +38,9 @@ AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: local.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show progress bars.")]
+MetricsPortOpt = Annotated[int | None, typer.Option(
+    "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics at "
+    "http://<this host>:PORT/metrics while the run goes (config: run.metrics_port).")]
 VerifyOpt = Annotated[bool, typer.Option(
     "--verify", help="Re-hash every finished Parquet file instead of trusting a marker whose "
     "file has the recorded size and mtime.")]
@@ -77,6 +80,13 @@ def _stops_cleanly(out: Path) -> Iterator[None]:
         raise typer.Exit(1) from exc
 
 
+def _serving_metrics(cfg: PipelineConfig, port: int | None) -> PipelineConfig:
+    """``cfg`` with ``--metrics-port`` (for this command only: not saved with the run)."""
+    if port is None:
+        return cfg
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"metrics_port": port})})
+
+
 def run(
     sav_root: Annotated[Path, typer.Option(help="SA-V root (sav_train/sav_0XX/… or flat).")],
     out: OutOpt = Path("annotations/refsav"),
@@ -88,6 +98,7 @@ def run(
     force: Annotated[bool, typer.Option(help="Start over if --out holds an incompatible run.")]
     = False,
     progress: ProgressOpt = True,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Generate Ref-SAV rows for every selected masklet, shard by shard, on Ray."""
     cfg = load_config(config)
@@ -106,7 +117,8 @@ def run(
     with _stops_cleanly(out):
         prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
                        videos=refs)
-        execute(out, cfg, address=address, show_progress=progress, console=console)
+        execute(out, _serving_metrics(cfg, metrics_port), address=address,
+                show_progress=progress, console=console)
     print_status(run_status(out), out_console)
 
 
@@ -119,12 +131,13 @@ def resume(
     address: AddressOpt = None,
     progress: ProgressOpt = True,
     verify: VerifyOpt = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
     out = run_folder(out)
     if config is not None:
         load_config(config)  # a broken file is named as such, before the fingerprint check
-    cfg = load_run_config(out, config)
+    cfg = _serving_metrics(load_run_config(out, config), metrics_port)
     if not _nothing_to_do(out, retry_failed):
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
@@ -139,9 +152,13 @@ def status(
     out: OutOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verify: VerifyOpt = False,
+    endpoints: Annotated[bool, typer.Option(
+        "--endpoints/--no-endpoints", help="Also read each model endpoint's vLLM metrics now "
+        "(requests running, waiting, KV-cache use).")] = True,
 ) -> None:
-    """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput."""
-    st = run_status(run_folder(out), verify=verify)
+    """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput, and
+    what each model endpoint's GPUs are doing now."""
+    st = run_status(run_folder(out), verify=verify, endpoints=endpoints)
     if as_json:
         typer.echo(st.model_dump_json(indent=1))
     else:
