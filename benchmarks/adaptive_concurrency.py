@@ -16,9 +16,12 @@ always exceeds what the server can run; no Ray, no CPU stage. Per N, side by sid
 - **auto**: ``max_concurrency: auto``, no concurrency configured.
 
 Throughput is measured at the server (its completed requests over the window) in steady state:
-the last ``--window`` seconds after ``--warmup`` seconds. The server's waiting queue is sampled
-every 0.25 s: its mean and max over the window, and its max over the whole run (start-up
-included, when ``auto`` is still far from N). "Limit" is the limit the client settled on at the
+the last ``--window`` seconds after ``--warmup`` seconds. The server's running batch and waiting
+queue are sampled every 0.25 s: the batch's mean over the window (how full the client keeps
+it: what the limit controls), the queue's mean and max over the window, and its max over the
+whole run (start-up included, when ``auto`` is still far from N). Req/s also depends on the
+machine keeping up with N / L requests a second through both HTTP stacks (client and server
+share this machine's cores). "Limit" is the limit the client settled on at the
 end; "limit range" its min–max over the window.
 
     .venv/bin/python benchmarks/adaptive_concurrency.py [--capacities 8,64,512 --latency 2
@@ -131,14 +134,14 @@ def main() -> None:
         json.dump(points, sys.stdout, indent=1)
         print()
         return
-    head = ["N", "ideal/s", "mode", "req/s", "of ideal", "limit", "limit range",
-            "waiting mean", "waiting max", "waiting max (whole run)"]
+    head = ["N", "ideal/s", "mode", "req/s", "of ideal", "running mean", "limit",
+            "limit range", "waiting mean", "waiting max", "waiting max (whole run)"]
     rows = [head]
     for p in points:
         for mode in ("baseline", "auto"):
             r = p[mode]
             rows.append([str(p["capacity"]), f"{p['ideal_rps']:.0f}", mode, f"{r['rps']:.1f}",
-                         f"{r['ratio']:.2f}", str(r["limit_end"]),
+                         f"{r['ratio']:.2f}", f"{r['running_mean']:.0f}", str(r["limit_end"]),
                          f"{r['limit_min']}-{r['limit_max']}", f"{r['waiting_mean']:.1f}",
                          f"{r['waiting_max']:.0f}", f"{r['waiting_max_whole_run']:.0f}"])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]

@@ -124,7 +124,7 @@ class ConcurrencyController:
         self.has_metrics: bool | None = None  # None: not read yet
         self.last_step = "start"
         self._due = 0.0
-        self._reading: asyncio.Task[None] | None = None
+        self._reading: asyncio.Task[None] | None = None  # the reading loop, while busy
         self._timeouts = 0
 
     @property
@@ -132,10 +132,26 @@ class ConcurrencyController:
         return self.semaphore.limit
 
     def poke(self, http: _Getter) -> None:
-        """Read the endpoint's metrics in the background if a reading is due (called as
-        requests go out: no requests, nothing to steer)."""
-        if self._reading is None and time.monotonic() >= self._due:
-            self._reading = asyncio.get_running_loop().create_task(self._read(http))
+        """Keep reading the endpoint's metrics every ``interval_s`` while requests of ours are
+        at it or wait for it (called as requests go out: no requests, nothing to steer)."""
+        if self._reading is None:
+            self._reading = asyncio.get_running_loop().create_task(self._keep_reading(http))
+
+    async def _keep_reading(self, http: _Getter) -> None:
+        try:
+            while self.semaphore.active or self.semaphore.waiting:
+                if time.monotonic() >= self._due:
+                    await self._read(http)
+                await asyncio.sleep(max(0.0, self._due - time.monotonic()))
+        finally:
+            self._reading = None
+
+    async def aclose(self) -> None:
+        """Stop reading (before the event loop ends)."""
+        task, self._reading = self._reading, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
 
     def timed_out(self) -> None:
         """A request of ours to this endpoint timed out: cut at the next reading."""
@@ -161,7 +177,6 @@ class ConcurrencyController:
                 self._adjust(sample)
             self.sample = sample
         finally:
-            self._reading = None
             if self._due <= time.monotonic():
                 self._due = time.monotonic() + self.cfg.interval_s
 

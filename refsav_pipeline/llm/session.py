@@ -271,6 +271,9 @@ class ModelSession:
         with self._lock:
             entry = self._states.pop(id(loop), None)
         if entry is not None:
+            for client in entry[1].clients.values():
+                for ep in client.endpoints:
+                    await ep.concurrency.aclose()
             for pool in entry[1].pools:
                 await pool.aclose()
 
