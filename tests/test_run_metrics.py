@@ -3,19 +3,30 @@ whole ``refsav run --metrics-port`` scraped while it goes."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from pipeline_helpers import config_for, finish_cli, refsav_argv, start_cli, write_config
+from pipeline_helpers import (
+    closed_port_url,
+    config_for,
+    finish_cli,
+    refsav_argv,
+    start_cli,
+    write_config,
+)
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
+from refsav_pipeline.cli import app
 from refsav_pipeline.llm import calls
 from refsav_pipeline.llm.config import ModelsConfig
 from refsav_pipeline.llm.session import ModelSession
 from refsav_pipeline.pipeline.cli import free_port, reference_server
-from refsav_pipeline.pipeline.metrics import METRIC_NAMES, RunFigures, metrics_server
+from refsav_pipeline.pipeline.driver import prepare_output
+from refsav_pipeline.pipeline.metrics import METRIC_NAMES, RunFigures, gpu_line, metrics_server
 from refsav_pipeline.records import RefSavRow
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
@@ -61,6 +72,9 @@ def test_driver_serves_the_actors_figures_summed(tmp_path: Path) -> None:
     run.video_done()
     run.shard_done()
     judge, url = models.judge.model, srv.url
+    line = gpu_line(next(e for e in run.merged().endpoints if e.model == judge))
+    assert line.startswith(f"{url.removeprefix('http://').removesuffix('/v1')} in flight 0/16 "
+                           "running ")  # the progress line's view of the endpoint
     with metrics_server(0, "127.0.0.1", run) as port:
         assert port
         m = scrape(port)
@@ -123,3 +137,25 @@ def test_run_serves_metrics_while_it_goes(synth_root: Path, tmp_path: Path) -> N
     assert value(seen, "refsav_concurrency_limit") > 0
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=2, trust_env=False)
+
+
+def test_status_reads_each_endpoints_vllm_figures(synth_root: Path, tmp_path: Path) -> None:
+    """``refsav status`` shows what the GPUs of the run's endpoints do now (running, waiting,
+    KV use), and says which endpoint does not answer."""
+    dead = closed_port_url()
+    with ReferenceServer(ModelsConfig(), ReferenceServerConfig(port=0, kv_capacity=8)) as srv:
+        cfg = config_for(srv.url)
+        cfg.models.judge.endpoints = [srv.url, dead]
+        prepare_output(synth_root, tmp_path / "out", cfg)
+        res = CliRunner().invoke(app, ["status", "--out", str(tmp_path / "out")])
+        js = CliRunner().invoke(app, ["status", "--out", str(tmp_path / "out"), "--json"])
+    assert res.exit_code == 0, res.output
+    host = srv.url.removeprefix("http://").removesuffix("/v1")
+    assert f"captioner endpoint │ {host} running 0 waiting 0 KV 0%" in res.output
+    assert f"{dead}: not answering" in res.output
+    eps = json.loads(js.output)["endpoints"]
+    assert [(e["role"], e["vllm"] is not None) for e in eps] == [
+        ("captioner", True), ("judge", True), ("judge", False)]
+    quiet = CliRunner().invoke(app, ["status", "--out", str(tmp_path / "out"), "--json",
+                                     "--no-endpoints"])
+    assert json.loads(quiet.output)["endpoints"] == []
