@@ -3,8 +3,8 @@
 A synthetic SA-V sample, the reference server with ``--kv-capacity 4``, ``refsav run
 --metrics-port`` and a Prometheus scraping both (all on loopback, as in
 tests/test_metrics_prometheus.py); once the run is done, headless Chromium screenshots the graph
-page with the dashboard's key queries. Grafana cannot be installed here (not in Debian, PyPI
-or npm). Needs scripts/setup-prometheus and /usr/bin/chromium.
+page with the dashboard's key queries (Playwright driving Debian's /usr/bin/chromium). Grafana
+cannot be installed here (not in Debian, PyPI or npm). Needs scripts/setup-prometheus.
 
     .venv/bin/python scripts/metrics-screenshot.py [--out docs/metrics-prometheus.png]
 """
@@ -12,7 +12,6 @@ or npm). Needs scripts/setup-prometheus and /usr/bin/chromium.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from pipeline_helpers import config_for, finish_cli, refsav_argv, start_cli, write_config  # noqa: E402
+from playwright.sync_api import sync_playwright  # noqa: E402
 from prometheus_helpers import prometheus  # noqa: E402
 
 from refsav_pipeline.pipeline.cli import free_port, reference_server  # noqa: E402
@@ -41,13 +41,13 @@ QUERIES = [
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "metrics-prometheus.png")
-    ap.add_argument("--videos", type=int, default=8)
+    ap.add_argument("--videos", type=int, default=16)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="refsav-metrics-shot-") as tmp_s:
         tmp = Path(tmp_s)
         synth_sav(tmp / "sav", videos=args.videos, seed=0)
         port, ref_port = free_port(), free_port()
-        with reference_server(ref_port, "--latency", "0.5", "--kv-capacity", "4") as url, \
+        with reference_server(ref_port, "--latency", "1.0", "--kv-capacity", "4") as url, \
                 prometheus(tmp / "prom", {"refsav": f"127.0.0.1:{port}",
                                           "vllm": f"127.0.0.1:{ref_port}"}) as prom:
             cfg = config_for(url)
@@ -66,10 +66,15 @@ def main() -> None:
                                f"g{i}.stacked": "0", f"g{i}.show_exemplars": "0"})
             page = f"{prom.url}/graph?{urlencode(params)}"
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            subprocess.run(["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                            "--hide-scrollbars", "--window-size=1400,3000",
-                            "--virtual-time-budget=15000", f"--screenshot={args.out}", page],
-                           check=True, capture_output=True, timeout=120)
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path="/usr/bin/chromium",
+                                             args=["--no-sandbox"])
+                tab = browser.new_page(viewport={"width": 1300, "height": 900})
+                tab.goto(page, wait_until="networkidle")
+                tab.wait_for_timeout(5000)  # the graphs draw after their queries answer
+                tab.evaluate("window.scrollTo(0, 0)")
+                tab.screenshot(path=str(args.out), full_page=True)
+                browser.close()
     print(f"wrote {args.out}")
 
 
