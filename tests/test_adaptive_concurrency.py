@@ -113,8 +113,8 @@ def test_auto_raises_until_the_batch_is_full(tmp_path: Path) -> None:
     cfg = ReferenceServerConfig(port=0, latency_s=1.0, kv_capacity=120)
     with ReferenceServer(ModelsConfig(), cfg) as srv, \
             ModelSession(_judge_at(srv.url), _client(), tmp_path) as s:
-        seen = s.run(_load(s, 200, 7.0, srv.url))
-    tail = seen[-8:]
+        seen = s.run(_load(s, 200, 10.0, srv.url))  # ~3 s of raises, more on a busy machine
+    tail = seen[-6:]
     assert all(lim >= 0.95 * 120 for lim, _, _ in tail), seen
     assert sum(r for _, r, _ in tail) / len(tail) >= 0.9 * 120, seen
     assert all(w <= 120 for _, _, w in tail), seen
@@ -148,8 +148,8 @@ def test_pinned_limit_never_moves_but_metrics_are_read(tmp_path: Path) -> None:
         ep = next(e for e in s.figures().endpoints if e.model == s.models.judge.model)
     assert {lim for lim, _, _ in seen} == {20}
     assert ep.limit == 20 and not ep.adaptive and ep.has_metrics
-    assert ep.vllm is not None and 0 < ep.vllm.running <= 4  # read while the engine ran
-    assert ep.vllm.kv_usage == ep.vllm.running / 4
+    assert ep.vllm is not None and ep.vllm.kv_usage == ep.vllm.running / 4
+    assert max(r for _, r, _ in seen) == 4  # the engine ran full meanwhile
 
 
 def test_endpoint_without_metrics_keeps_the_start_with_a_warning(

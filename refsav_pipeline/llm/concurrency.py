@@ -6,11 +6,12 @@ prefix caching; the KV arithmetic of ``serve/capacity.py`` is only where ``auto`
 ``interval_s`` the controller reads the endpoint's ``/metrics`` (``llm.vllm_metrics``) and
 applies one rule (AIMD-like, one step per reading):
 
-- **cut** when vLLM preempted requests, a request of ours timed out, or the waiting queue is
-  longer than the hold band and not shrinking: the limit becomes at most ``decrease`` × itself,
-  and with a queue at most the share of it the server actually runs,
+- **cut** when vLLM preempted requests or a request of ours timed out: the limit becomes
+  ``decrease`` × itself (multiplicative decrease); when the waiting queue is longer than the
+  hold band and not shrinking: the share of the limit the server actually runs,
   ``limit × (running + band) / (running + waiting)``, so a start far too high is corrected in
-  one step. No second cut before the first has taken effect (our in-flight ≤ the limit).
+  one step and a small overshoot costs only the overshoot. No second cut before the first has
+  taken effect (our in-flight ≤ the limit).
 - **raise** when nothing waits, KV use is below ``kv_target`` and the limit binds (requests of
   ours wait for a slot): add ``increase`` × the limit (at least 1), up to ``max_limit``.
 - **hold** otherwise: a small queue (up to ``hold_queue`` × running, at least 2) keeps the
@@ -204,9 +205,10 @@ class ConcurrencyController:
             if ours > lim:
                 self.last_step = "hold: draining the last cut"
                 return
-            new = math.floor(lim * c.decrease)
+            share = math.ceil(lim * (s.running + band) / (s.running + s.waiting))
+            new = math.floor(lim * c.decrease) if preempted or timeouts else share
             if queue:
-                new = min(new, math.ceil(lim * (s.running + band) / (s.running + s.waiting)))
+                new = min(new, share)
             why = "preemptions" if preempted else "timeouts" if timeouts else "queue"
             self._set(new, f"cut: {why}")
         elif s.waiting == 0 and s.kv_usage < c.kv_target and (sem.waiting or ours >= lim):

@@ -174,8 +174,8 @@ class ConcurrencyConfig(_Section):
                               "the running batch (at least 2 requests) is held, not cut")
     increase: float = Field(0.1, gt=0, description="a raise adds this fraction of the limit "
                             "(at least 1)")
-    decrease: float = Field(0.7, gt=0, lt=1, description="a cut multiplies the limit by at "
-                            "most this")
+    decrease: float = Field(0.7, gt=0, lt=1, description="a cut on preemptions or timeouts "
+                            "multiplies the limit by this")
     max_limit: int = Field(MAX_DEFAULT_CONCURRENCY, ge=1, description="ceiling per endpoint")
     split: int = Field(1, ge=1, description="clients sharing each endpoint's limits: the run "
                        "sets it to run.model_actors, each actor adapting its share")
