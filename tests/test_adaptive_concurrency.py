@@ -14,10 +14,10 @@ import pytest
 
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm import calls
-from refsav_pipeline.llm.concurrency import AdjustableSemaphore
-from refsav_pipeline.llm.config import ClientConfig, ModelsConfig
+from refsav_pipeline.llm.concurrency import AdjustableSemaphore, ConcurrencyController
+from refsav_pipeline.llm.config import ClientConfig, ConcurrencyConfig, ModelsConfig
 from refsav_pipeline.llm.session import ModelSession
-from refsav_pipeline.llm.vllm_metrics import metrics_url, parse_vllm_metrics
+from refsav_pipeline.llm.vllm_metrics import VllmSample, metrics_url, parse_vllm_metrics
 from refsav_pipeline.pipeline.actors import actor_config
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
@@ -183,3 +183,24 @@ def test_the_run_splits_each_endpoint_over_its_actors(tmp_path: Path) -> None:
 
         assert s.run(limits()) == [-(-154 // 4), -(-JUDGE_START // 4)]
     assert cfg.models.captioner.start_concurrency == 154
+
+
+def test_preemptions_cut_by_decrease_and_the_cut_drains_before_another() -> None:
+    """The reference server never preempts; vLLM does when KV runs out mid-decode. The rule on
+    readings as vLLM reports them: preemptions cut ×0.7, and no second cut while our requests
+    above the new limit are still out."""
+    ctl = ConcurrencyController("http://gpu:8100/v1", ModelsConfig().judge,
+                                ConcurrencyConfig(), 1.0)
+    sem = ctl.semaphore
+    assert ctl.limit == JUDGE_START
+    ctl.sample = VllmSample(running=51, waiting=0, kv_usage=0.9, preemptions=3, at=0)
+    sem.active = JUDGE_START  # every slot taken
+    ctl._adjust(VllmSample(running=51, waiting=0, kv_usage=1.0, preemptions=5, at=1))
+    assert ctl.limit == int(JUDGE_START * 0.7) and ctl.last_step == "cut: preemptions"
+    ctl.sample = VllmSample(running=51, waiting=0, kv_usage=1.0, preemptions=5, at=1)
+    ctl._adjust(VllmSample(running=51, waiting=0, kv_usage=1.0, preemptions=6, at=2))
+    assert ctl.limit == int(JUDGE_START * 0.7) and ctl.last_step.startswith("hold: draining")
+    sem.active = ctl.limit
+    ctl.sample = VllmSample(running=35, waiting=0, kv_usage=0.6, preemptions=6, at=2)
+    ctl._adjust(VllmSample(running=35, waiting=0, kv_usage=0.6, preemptions=6, at=3))
+    assert ctl.limit == int(JUDGE_START * 0.7) + 4 and ctl.last_step == "raise"
