@@ -104,7 +104,8 @@ def test_auto_cuts_a_start_far_above_the_engine_to_its_batch(tmp_path: Path) -> 
     assert limits[0] == JUDGE_START
     tail = seen[-5:]
     assert all(8 <= lim <= 12 for lim, _, _ in tail), seen
-    assert all(r == 8 and w <= 4 for _, r, w in tail), seen  # batch full, small queue
+    assert sum(r for _, r, _ in tail) / len(tail) >= 0.9 * 8, seen  # the batch stays full
+    assert all(w <= 4 for _, _, w in tail), seen  # with a small queue
 
 
 def test_auto_raises_until_the_batch_is_full(tmp_path: Path) -> None:
