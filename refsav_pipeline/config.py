@@ -73,6 +73,10 @@ class RunConfig(_Section):
         600.0, gt=0, description="time limit of the CPU stage for one video (read, decode, "
         "render); a video over it (a hung network mount) fails its rows as video_timeout and "
         "the shard goes on")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="serve Prometheus metrics at http://<driver host>:"
+        "PORT/metrics while the run goes (docs/metrics.md); None: off")
+    metrics_host: str = Field("0.0.0.0", description="address the metrics server binds")
 
 
 class ExportConfig(_Section):

@@ -80,9 +80,10 @@ def test_vllm_dry_run_prints_the_kv_arithmetic_per_replica() -> None:
     assert "80 layers × 8 heads × 128 × 2 × 2 B = 320 KiB" in cap_line
     assert "max_model_len 8192" in cap_line
     cfg = PipelineConfig.load(REAL)
-    assert f"client max_concurrency {cfg.models.captioner.max_concurrency} " in cap_line
-    assert cfg.models.captioner.max_concurrency >= 100  # hundreds of 8K requests fit
-    assert 16 < cfg.models.judge.max_concurrency < cfg.models.captioner.max_concurrency
+    start = cfg.models.captioner.start_concurrency
+    assert f"client max_concurrency auto, starting at {start} per endpoint" in cap_line
+    assert start >= 100  # hundreds of 8K requests fit
+    assert 16 < cfg.models.judge.start_concurrency < start
 
 
 def test_vllm_refuses_max_model_len_above_the_checkpoint(tmp_path: Path) -> None:

@@ -67,6 +67,9 @@ def k8s(
         help="Ray in the image (default: the Ray installed here)")] = None,
     retry_failed: Annotated[bool, typer.Option(
         help="when --out already holds a run, also redo its failed rows")] = False,
+    metrics_port: Annotated[int, typer.Option(
+        min=0, max=65535, help="the run's Prometheus metrics on the head pod, annotated for "
+        "Prometheus' pod discovery (0: off)")] = 9400,
 ) -> None:
     """Print a KubeRay RayJob (+ its ConfigMap and volume claim) for CONFIG as YAML."""
     from refsav_pipeline.cli_common import load_config
@@ -75,7 +78,8 @@ def k8s(
     cfg = load_config(config)
     given = {"image": image, "name": name, "namespace": namespace, "sav_root": sav_root,
              "out": out, "pvc": pvc, "gpus_per_pod": gpus_per_pod, "cpu_workers": cpu_workers,
-             "ray_version": ray_version, "retry_failed": retry_failed}
+             "ray_version": ray_version, "retry_failed": retry_failed,
+             "metrics_port": metrics_port}
     try:
         opts = K8sOptions.model_validate({k: v for k, v in given.items() if v is not None})
         docs = render(cfg, config.read_text(), opts)

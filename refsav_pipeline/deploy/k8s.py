@@ -47,6 +47,9 @@ class K8sOptions(BaseModel):
     gpu_pod_memory: str = "512Gi"
     backoff_limit: int = Field(2, ge=0, description="new clusters after a failure; each resumes")
     retry_failed: bool = Field(False, description="a resumed run also redoes its failed rows")
+    metrics_port: int = Field(
+        9400, ge=0, le=65535, description="the run's Prometheus metrics on the head pod "
+        "(the driver runs there); annotated for Prometheus' pod discovery. 0: off")
 
 
 def gpu_pods(cfg: PipelineConfig, gpus_per_pod: int) -> list[list[tuple[str, int]]]:
@@ -103,9 +106,10 @@ def entrypoint(o: K8sOptions) -> str:
     cfg = f"{CONFIG_DIR}/{CONFIG_KEY}"
     out = shlex.quote(o.out)
     live = shlex.quote(f"{o.out}/k8s/live.yaml")
+    metrics = f" --metrics-port {o.metrics_port}" if o.metrics_port else ""
     run = (f"refsav run --sav-root {shlex.quote(o.sav_root)} --out {out} --config {live} "
-           "--address auto --no-progress")
-    resume = f"refsav resume --out {out} --config {live} --address auto --no-progress"
+           f"--address auto{metrics} --no-progress")
+    resume = f"refsav resume --out {out} --config {live} --address auto{metrics} --no-progress"
     if o.retry_failed:
         resume += " --retry-failed"
     script = "\n".join([
@@ -135,14 +139,21 @@ def render(cfg: PipelineConfig, config_text: str, o: K8sOptions) -> list[dict[st
                                 "resources": {"requests": {"storage": o.pvc_size}}}
     if o.storage_class:
         pvc_spec["storageClassName"] = o.storage_class
+    ports = [{"containerPort": 6379, "name": "gcs-server"},
+             {"containerPort": 8265, "name": "dashboard"},
+             {"containerPort": 10001, "name": "client"}]
+    if o.metrics_port:
+        ports.append({"containerPort": o.metrics_port, "name": "refsav-metrics"})
     head = {
         # no CPU-stage tasks on the head; the caption actors (0 CPUs) run next to the driver
         "rayStartParams": {"num-cpus": "0", "dashboard-host": "0.0.0.0"},
         "template": _pod(o, "ray-head", _resources(o.head_cpus, o.head_memory), config=True,
-                         ports=[{"containerPort": 6379, "name": "gcs-server"},
-                                {"containerPort": 8265, "name": "dashboard"},
-                                {"containerPort": 10001, "name": "client"}]),
+                         ports=ports),
     }
+    if o.metrics_port:  # the driver's /metrics, vLLM's figures re-exported: docs/metrics.md
+        head["template"]["metadata"] = {"annotations": {
+            "prometheus.io/scrape": "true", "prometheus.io/port": str(o.metrics_port),
+            "prometheus.io/path": "/metrics"}}
     workers = []
     if o.cpu_workers:
         workers.append({

@@ -29,6 +29,7 @@ import logging
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
@@ -36,6 +37,7 @@ from typing import Any, Protocol, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from refsav_pipeline.llm.concurrency import ConcurrencyController
 from refsav_pipeline.llm.config import ClientConfig, ModelEndpointConfig
 from refsav_pipeline.llm.errors import (
     BadRequestError,
@@ -104,8 +106,7 @@ class EndpointState:
     """Live bookkeeping for one base URL."""
 
     url: str
-    semaphore: asyncio.Semaphore
-    max_concurrency: int
+    concurrency: ConcurrencyController  # its limit, and the endpoint's vLLM metrics
     http: HttpPool = field(repr=False)
     in_flight: int = 0
     healthy: bool | None = None  # None: not probed yet
@@ -118,11 +119,12 @@ class EndpointState:
     requests: int = 0
     failures: int = 0
     probe_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    outcomes: Counter[str] = field(default_factory=Counter)  # attempts by how they ended
 
     def snapshot(self) -> dict[str, Any]:
         return {"url": self.url, "healthy": self.healthy, "in_flight": self.in_flight,
                 "requests": self.requests, "failures": self.failures,
-                "last_error": self.last_error}
+                "last_error": self.last_error, "limit": self.concurrency.limit}
 
 
 class Outage(BaseModel):
@@ -182,8 +184,9 @@ class ModelClient:
         self.cfg = cfg
         self.ccfg = client_cfg
         self.rng = rng or random.Random()
-        self.endpoints = [EndpointState(u, asyncio.Semaphore(cfg.max_concurrency),
-                                        cfg.max_concurrency, pools[u]) for u in cfg.endpoints]
+        self.endpoints = [EndpointState(u, ConcurrencyController(
+            u, cfg, client_cfg.concurrency, client_cfg.health_timeout_s), pools[u])
+            for u in cfg.endpoints]
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.down_since: float | None = None  # monotonic start of the current outage
@@ -298,7 +301,7 @@ class ModelClient:
         # Reachable but failing (5xx, timeouts) endpoints stay in use — the probe says they are
         # up and a lone endpoint must not be locked out — but come last while they fail.
         return min(live, key=lambda ep: (ep.consecutive_failures > 0,
-                                         ep.in_flight / ep.max_concurrency, ep.requests))
+                                         ep.in_flight / ep.concurrency.limit, ep.requests))
 
     async def _ride_out_outage(self) -> None:
         """One round of waiting while no endpoint answers: sleep (backoff from
@@ -352,8 +355,9 @@ class ModelClient:
                        ) -> tuple[dict, Usage, float]:
         broken: tuple[str, str, Exception] | None = None
         ep.in_flight += 1
+        ep.concurrency.poke(ep.http)
         try:
-            async with ep.semaphore:
+            async with ep.concurrency.semaphore:
                 ep.requests += 1
                 t0 = time.perf_counter()
                 try:
@@ -363,6 +367,7 @@ class ModelClient:
                 except (TimeoutError, httpx.TimeoutException) as e:
                     broken = (f"timeout from {ep.url} after "
                               f"{self.ccfg.request_timeout_s:g} s"), "timeout", e
+                    ep.concurrency.timed_out()
                 except (httpx.ConnectError, httpx.RemoteProtocolError,
                         httpx.ReadError, httpx.WriteError) as e:
                     broken = (f"connection to {ep.url} broken: {_why(e)}", "connection_error",
@@ -372,15 +377,18 @@ class ModelClient:
             ep.in_flight -= 1
         if broken is not None:
             message, kind, exc = broken
+            ep.outcomes["timeout" if kind == "timeout" else "connection_error"] += 1
             if await self._is_down(ep, time.monotonic()):  # refused: down, whatever came before
                 ep.failures += 1
                 raise _EndpointDown(message) from exc
             raise self._transient(ep, _Retryable(message, kind)) from exc
         if r.status_code in RETRYABLE_STATUS or r.status_code >= 500:
+            ep.outcomes["server_error"] += 1
             raise self._transient(ep, _Retryable(
                 f"HTTP {r.status_code} from {ep.url}: {r.text[:200]}",
                 status_kind(r.status_code), retry_after_s(r.headers.get("retry-after"))))
         if r.status_code != 200:
+            ep.outcomes["bad_request"] += 1
             raise BadRequestError(f"{self.cfg.name}: HTTP {r.status_code} from {ep.url}: "
                                   f"{r.text[:500]}", model=self.cfg.model, attempts=1)
         try:
@@ -390,9 +398,11 @@ class ModelClient:
                 raise TypeError(f"content is {type(content).__name__}, not text")
             usage = _usage(data.get("usage"))
         except (ValueError, KeyError, IndexError, TypeError) as e:
+            ep.outcomes["malformed"] += 1
             ep.failures += 1  # the server answered: this request's fault, not the endpoint's
             raise _Retryable(f"malformed response from {ep.url} ({e}): {r.text[:200]!r}",
                              "bad_response") from e
+        ep.outcomes["ok"] += 1
         ep.consecutive_failures = 0
         return data, usage, latency
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
 
-from refsav_pipeline.serve.capacity import default_concurrency
+from refsav_pipeline.serve.capacity import MAX_DEFAULT_CONCURRENCY, default_concurrency
 
 
 class _Section(BaseModel):
@@ -72,9 +72,11 @@ class ModelEndpointConfig(_Section):
     endpoints: list[str] = Field(
         default_factory=lambda: ["http://127.0.0.1:8000/v1"],
         description="OpenAI base URLs (ending in /v1) serving this model")
-    max_concurrency: int = Field(
-        16, ge=1, description="in-flight requests per endpoint; default: what one replica's KV "
-        "cache holds at max_model_len each (serve/capacity.py), 16 for unknown models")
+    max_concurrency: int | Literal["auto"] = Field(
+        "auto", description="in-flight requests per endpoint. auto: start from what one "
+        "replica's KV cache holds at max_model_len each (serve/capacity.py; 16 for unknown "
+        "models) and adapt to the endpoint's vLLM metrics (client.concurrency); a number "
+        "pins it")
     api_key_env: str | None = Field(
         None, description="name of an env var holding the server's --api-key, if any")
     sampling: SamplingParams = Field(default_factory=SamplingParams)
@@ -89,11 +91,23 @@ class ModelEndpointConfig(_Section):
             raise ValueError("at least one endpoint is needed")
         return [u.rstrip("/") for u in v]
 
-    @model_validator(mode="after")
-    def _derive_concurrency(self) -> ModelEndpointConfig:
-        if "max_concurrency" not in self.model_fields_set:
-            self.max_concurrency = default_concurrency(self.model, self.vllm)
-        return self
+    @field_validator("max_concurrency")
+    @classmethod
+    def _positive(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("max_concurrency must be at least 1 (or auto)")
+        return v
+
+    @property
+    def adaptive(self) -> bool:
+        return self.max_concurrency == "auto"
+
+    @property
+    def start_concurrency(self) -> int:
+        """The pinned number, or the KV arithmetic's that ``auto`` starts from."""
+        if isinstance(self.max_concurrency, int):
+            return self.max_concurrency
+        return default_concurrency(self.model, self.vllm)
 
     @property
     def name(self) -> str:
@@ -150,6 +164,24 @@ class ModelsConfig(_Section):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
 
 
+class ConcurrencyConfig(_Section):
+    """How ``max_concurrency: auto`` adapts each endpoint's limit (``llm/concurrency.py``)."""
+
+    interval_s: float = Field(1.0, gt=0, description="how often each endpoint's vLLM /metrics "
+                              "is read (and the limit reconsidered)")
+    kv_target: float = Field(0.95, gt=0, le=1, description="raise the limit only while the KV "
+                             "cache's use is below this")
+    hold_queue: float = Field(0.1, ge=0, description="a waiting queue up to this fraction of "
+                              "the running batch (at least 2 requests) is held, not cut")
+    increase: float = Field(0.1, gt=0, description="a raise adds this fraction of the limit "
+                            "(at least 1)")
+    decrease: float = Field(0.7, gt=0, lt=1, description="a cut on preemptions or timeouts "
+                            "multiplies the limit by this")
+    max_limit: int = Field(MAX_DEFAULT_CONCURRENCY, ge=1, description="ceiling per endpoint")
+    split: int = Field(1, ge=1, description="clients sharing each endpoint's limits: the run "
+                       "sets it to run.model_actors, each actor adapting its share")
+
+
 class ClientConfig(_Section):
     """HTTP behaviour of the client: never changes an answer, only whether/when we get it."""
 
@@ -172,6 +204,7 @@ class ClientConfig(_Section):
     trial_timeout_s: float = Field(
         60.0, gt=0, description="time limit of the trial completion that decides whether an "
         "endpoint whose completions failed answers again")
+    concurrency: ConcurrencyConfig = Field(default_factory=ConcurrencyConfig)
     cache: bool = True
     cache_path: str | None = Field(None, description="a folder; default: <out>/cache")
     cache_local_dir: str | None = Field(

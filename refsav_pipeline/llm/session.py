@@ -27,6 +27,7 @@ from refsav_pipeline.llm.answer_checks import RETRY_NOTES, UNPARSEABLE, AnswerCh
 from refsav_pipeline.llm.budget import check_fits
 from refsav_pipeline.llm.cache import RequestCache, cache_key
 from refsav_pipeline.llm.client import ModelClient, Outage, jpeg_part
+from refsav_pipeline.llm.concurrency import limits
 from refsav_pipeline.llm.config import (
     AnswerChecksConfig,
     CheckedCall,
@@ -39,6 +40,7 @@ from refsav_pipeline.llm.images import image_digest, is_jpeg
 from refsav_pipeline.llm.pool import EndpointPool
 from refsav_pipeline.llm.prompts import PromptTemplate, load_prompt
 from refsav_pipeline.llm.results import CallResult, Usage
+from refsav_pipeline.llm.telemetry import CallFigures, EndpointFigures, SessionFigures
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -169,6 +171,7 @@ class ModelSession:
         self._states: dict[int, tuple[asyncio.AbstractEventLoop, _LoopState]] = {}
         self._lock = threading.Lock()
         self._totals: dict[str, dict[str, int]] = {}
+        self._figures = CallFigures()
         self._runner: tuple[asyncio.AbstractEventLoop, threading.Thread] | None = None
 
     @classmethod
@@ -193,7 +196,8 @@ class ModelSession:
             all_pools: list[EndpointPool] = []
             for role in ("captioner", "judge"):
                 mcfg = self.model_cfg(role)  # type: ignore[arg-type]
-                pools = {u: EndpointPool(mcfg.max_concurrency, timeout) for u in mcfg.endpoints}
+                ceiling = limits(mcfg, c.concurrency)[1]
+                pools = {u: EndpointPool(ceiling, timeout) for u in mcfg.endpoints}
                 all_pools.extend(pools.values())
                 clients[role] = ModelClient(mcfg, c, pools, rng=rng)
             state = _LoopState(all_pools, clients)
@@ -322,6 +326,7 @@ class ModelSession:
             t = self._totals.setdefault(role, {"calls": 0, "cached": 0, "prompt_tokens": 0,
                                                "completion_tokens": 0})
             t["calls"] += 1
+            self._figures.observe(r)
             if r.cached:
                 t["cached"] += 1
             else:
@@ -346,6 +351,20 @@ class ModelSession:
                     eps.setdefault(role, []).extend(ep.snapshot() for ep in c.endpoints)
             return {"calls": {k: dict(v) for k, v in self._totals.items()},
                     "cache": self.cache.stats() if self.cache else None, "endpoints": eps}
+
+    def figures(self) -> SessionFigures:
+        """Per endpoint (limit, in flight, outcomes, its vLLM metrics) and per call (latency,
+        tokens, cache hits), for the run's metrics (all loops)."""
+        with self._lock:
+            eps = [EndpointFigures(
+                model=c.cfg.model, endpoint=ep.url, up=ep.healthy,
+                in_flight=ep.concurrency.semaphore.active, limit=ep.concurrency.limit,
+                adaptive=ep.concurrency.adaptive, step=ep.concurrency.last_step,
+                outcomes=dict(ep.outcomes), has_metrics=ep.concurrency.has_metrics,
+                vllm=ep.concurrency.sample)
+                for _loop, st in self._states.values() for c in st.clients.values()
+                for ep in c.endpoints]
+            return self._figures.figures(eps)
 
     def outages(self) -> list[Outage]:
         """Models that no endpoint answers right now, with how long (all loops)."""
@@ -373,6 +392,9 @@ class ModelSession:
         with self._lock:
             entry = self._states.pop(id(loop), None)
         if entry is not None:
+            for client in entry[1].clients.values():
+                for ep in client.endpoints:
+                    await ep.concurrency.aclose()
             for pool in entry[1].pools:
                 await pool.aclose()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -26,6 +25,7 @@ from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.llm.cache import working_on
 from refsav_pipeline.llm.client import Outage
 from refsav_pipeline.llm.session import ModelSession
+from refsav_pipeline.llm.telemetry import SessionFigures
 from refsav_pipeline.pipeline.captions import caption_masklet, recaption_distinct
 from refsav_pipeline.pipeline.prepare import MaskletJob, MaskletKey, prepare_video_within
 from refsav_pipeline.records import RefSavRow
@@ -62,6 +62,7 @@ def prepare_remote(sav_root: str, ref: SavVideoRef, cfg: PipelineConfig, fingerp
 class ActorStatus(BaseModel):
     in_flight: dict[str, int]
     outages: list[Outage]
+    figures: SessionFigures | None = None  # for the run's metrics (pipeline/metrics.py)
 
 
 @ray.remote(max_restarts=-1, max_task_retries=-1, concurrency_groups={"health": 1})
@@ -111,8 +112,10 @@ class CaptionActor:
 
     @ray.method(concurrency_group="health")  # answers while every caption slot waits
     async def status(self) -> ActorStatus:
-        """What the progress line shows: requests in flight per model, and outages."""
-        return ActorStatus(in_flight=self.session.in_flight(), outages=self.session.outages())
+        """What the progress line shows (requests in flight per model, outages) and the
+        session's figures the driver serves as metrics."""
+        return ActorStatus(in_flight=self.session.in_flight(), outages=self.session.outages(),
+                           figures=self.session.figures())
 
     async def close(self) -> None:
         await self.session.aclose()
@@ -145,14 +148,11 @@ def close_actors(actors: list[Any], timeout_s: float = ACTOR_CLOSE_TIMEOUT_S) ->
 
 
 def actor_config(cfg: PipelineConfig) -> PipelineConfig:
-    """``cfg`` with each endpoint's concurrency split over the actors, so an endpoint never
-    sees more than ``max_concurrency`` requests from the whole run."""
-    n = cfg.run.model_actors
-    models = cfg.models.model_copy(update={
-        role: getattr(cfg.models, role).model_copy(update={
-            "max_concurrency": max(1, math.ceil(getattr(cfg.models, role).max_concurrency / n))})
-        for role in ("captioner", "judge")})
-    return cfg.model_copy(update={"models": models})
+    """``cfg`` with each endpoint's concurrency split over the actors (``client.concurrency.
+    split``): a pinned ``max_concurrency`` is divided, so an endpoint never sees more from the
+    whole run; with ``auto`` each actor starts from its share and adapts it."""
+    split = cfg.client.concurrency.model_copy(update={"split": cfg.run.model_actors})
+    return cfg.model_copy(update={"client": cfg.client.model_copy(update={"concurrency": split})})
 
 
 def start_actors(cfg: PipelineConfig, out_dir: Path) -> list[Any]:

@@ -34,6 +34,9 @@ AddressOpt = Annotated[str | None, typer.Option(
     "--address", help="Ray cluster address (e.g. ray://head:10001 or auto); default: local.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress",
                                            help="Show progress bars.")]
+MetricsPortOpt = Annotated[int | None, typer.Option(
+    "--metrics-port", min=0, max=65535, help="Serve Prometheus metrics at "
+    "http://<this host>:PORT/metrics while the run goes (config: run.metrics_port).")]
 VerifyOpt = Annotated[bool, typer.Option(
     "--verify", help="Re-hash every finished Parquet file instead of trusting a marker whose "
     "file has the recorded size and mtime.")]
@@ -123,6 +126,13 @@ AllowFailedOpt = Annotated[bool, typer.Option(
     f"exit {EXIT_FAILED_ROWS}, so scripts and Slurm see them).")]
 
 
+def _serving_metrics(cfg: PipelineConfig, port: int | None) -> PipelineConfig:
+    """``cfg`` with ``--metrics-port`` (for this command only: not saved with the run)."""
+    if port is None:
+        return cfg
+    return cfg.model_copy(update={"run": cfg.run.model_copy(update={"metrics_port": port})})
+
+
 def run(
     sav_root: Annotated[Path, typer.Option(help="SA-V root (sav_train/sav_0XX/… or flat).")],
     out: OutOpt = Path("annotations/refsav"),
@@ -135,6 +145,7 @@ def run(
     = False,
     progress: ProgressOpt = True,
     allow_failed_rows: AllowFailedOpt = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Generate Ref-SAV rows for every selected masklet, shard by shard, on Ray."""
     from refsav_pipeline.pipeline.driver import execute, prepare_output
@@ -157,7 +168,8 @@ def run(
         with run_lease(out, "refsav run"):
             prepare_output(sav_root, out, cfg, limit_videos=limit_videos, force=force,
                            videos=refs)
-            execute(out, cfg, address=address, show_progress=progress, console=console)
+            execute(out, _serving_metrics(cfg, metrics_port), address=address,
+                    show_progress=progress, console=console)
     _finish(out, allow_failed_rows)
 
 
@@ -171,6 +183,7 @@ def resume(
     progress: ProgressOpt = True,
     verify: VerifyOpt = False,
     allow_failed_rows: AllowFailedOpt = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Finish the shards of a run that have no valid completion marker."""
     from refsav_pipeline.pipeline.driver import execute, load_run_config
@@ -179,7 +192,7 @@ def resume(
     out = run_folder(out)
     if config is not None:
         load_config(config)  # a broken file is named as such, before the fingerprint check
-    cfg = load_run_config(out, config)
+    cfg = _serving_metrics(load_run_config(out, config), metrics_port)
     if not _nothing_to_do(out, retry_failed):
         check_sav_root(Path(load_plan(out).sav_root),
                        fix=f"{out} was planned from it: make it readable there again")
@@ -215,9 +228,13 @@ def status(
     out: OutOpt,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     verify: VerifyOpt = False,
+    endpoints: Annotated[bool, typer.Option(
+        "--endpoints/--no-endpoints", help="Also read each model endpoint's vLLM metrics now "
+        "(requests running, waiting, KV-cache use).")] = True,
 ) -> None:
-    """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput."""
-    st = run_status(run_folder(out), verify=verify)
+    """Shards done/partial/pending, rows by status, failures, calls, tokens, throughput, and
+    what each model endpoint's GPUs are doing now."""
+    st = run_status(run_folder(out), verify=verify, endpoints=endpoints)
     if as_json:
         typer.echo(st.model_dump_json(indent=1))
     else:

@@ -18,6 +18,7 @@ from rich.console import Console
 from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.errors import InputError, writing_under
 from refsav_pipeline.pipeline.cache_staging import promote_on_every_node
+from refsav_pipeline.pipeline.metrics import RunFigures, metrics_server
 from refsav_pipeline.pipeline.plan import (
     CONFIG_FILE,
     PLAN_FILE,
@@ -162,7 +163,11 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
     started = time.time()
     total = RunStats()
     ensure_writable(out_dir / SHARDS_DIR)  # before Ray starts, not at the first shard
-    with ray_session(address, cfg, console):
+    figures = RunFigures(len(plan.shards))
+    with metrics_server(cfg.run.metrics_port, cfg.run.metrics_host, figures) as port, \
+            ray_session(address, cfg, console):
+        if port is not None:
+            console.print(f"metrics at http://{cfg.run.metrics_host}:{port}/metrics")
         left = [r for r in promote_on_every_node(cfg.client, out_dir) if r.shards]
         if left:
             console.print(f"request cache: promoted {sum(r.shards for r in left)} shard(s) "
@@ -170,7 +175,7 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
         if pending:
             console.print(f"{len(pending)} of {len(plan.shards)} shards to do")
             total = run_shards(out_dir, plan, cfg, pending, show_progress=show_progress,
-                               console=console)
+                               console=console, figures=figures)
         if retry_failed:
             retry = failed_keys(out_dir, plan, verify=verify)
             if retry:
@@ -178,7 +183,8 @@ def execute(out_dir: str | Path, cfg: PipelineConfig, *, address: str | None = N
                 console.print(f"retrying {n} failed rows in {len(retry)} shards")
                 again = run_shards(out_dir, plan, cfg,
                                    [s for s in plan.shards if s.shard_id in retry],
-                                   retry=retry, show_progress=show_progress, console=console)
+                                   retry=retry, show_progress=show_progress, console=console,
+                                   figures=figures)
                 total.model = again.model or total.model
                 total.shards_written += again.shards_written
     _log_run(out_dir, {"started_at": started, "finished_at": time.time(),

@@ -12,6 +12,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from refsav_pipeline.llm.telemetry import EndpointFigures
+from refsav_pipeline.pipeline.metrics import gpu_line
+
 
 class RunProgress:
     """Bars for videos, masklets and shards, and the requests each model has in flight."""
@@ -24,6 +27,7 @@ class RunProgress:
         self.videos = self.bar.add_task("videos", total=videos, note="")
         self.masklets = self.bar.add_task("masklets", total=0, note="")
         self.shards = self.bar.add_task("shards", total=shards, note="")
+        self.gpu = self.bar.add_task("", total=None, visible=False)
         self.peak_in_flight: dict[str, int] = {}
 
     def __enter__(self) -> RunProgress:
@@ -46,7 +50,10 @@ class RunProgress:
     def shard_done(self) -> None:
         self.bar.advance(self.shards)
 
-    def in_flight(self, per_actor: list[dict[str, int]]) -> None:
+    def in_flight(self, per_actor: list[dict[str, int]],
+                  endpoints: list[EndpointFigures] | None = None) -> None:
+        """Requests in flight per model, and per endpoint the limit and vLLM's own figures
+        (running, waiting, KV use)."""
         total: dict[str, int] = {}
         for part in per_actor:
             for role, n in part.items():
@@ -55,5 +62,8 @@ class RunProgress:
             self.peak_in_flight[role] = max(self.peak_in_flight.get(role, 0), n)
         note = "in flight: " + ", ".join(f"{r} {n}" for r, n in total.items())
         self.bar.update(self.masklets, note=note)
+        if endpoints:
+            gpu = "; ".join(gpu_line(e) for e in endpoints)
+            self.bar.update(self.gpu, description=f"endpoints: {gpu}", visible=True)
 
 

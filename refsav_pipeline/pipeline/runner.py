@@ -24,6 +24,7 @@ from refsav_pipeline.errors import RunStopped
 from refsav_pipeline.pipeline import uniqueness
 from refsav_pipeline.pipeline.actors import PreparedRefs, caption_actors
 from refsav_pipeline.pipeline.interrupts import stop_requests, stopped
+from refsav_pipeline.pipeline.metrics import RunFigures
 from refsav_pipeline.pipeline.model_health import ModelHealthLine
 from refsav_pipeline.pipeline.plan import Plan, Shard
 from refsav_pipeline.pipeline.prepare import MaskletKey
@@ -39,20 +40,28 @@ STATUS_EVERY_S = 1.0
 
 def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: list[Shard], *,
                retry: dict[int, set[MaskletKey]] | None = None, show_progress: bool = True,
-               console: Console | None = None) -> RunStats:
+               console: Console | None = None, figures: RunFigures | None = None) -> RunStats:
     """Process ``shards`` (all their videos; or, with ``retry``, only the failed masklets named
-    per shard, merging new rows into the finished shard). Needs an initialised Ray."""
+    per shard, merging new rows into the finished shard). Needs an initialised Ray.
+    ``figures`` gets the run's counts and the actors' figures (the run's metrics)."""
     out_dir = Path(out_dir)
     t_start = time.time()
     stats = RunStats()
     book = ShardBook(out_dir, plan, shards, retry, stats)
+    figures = figures or RunFigures(len(plan.shards))
+    book.on_written = figures.rows_written  # final rows, uniqueness settled, counted once
     with stop_requests() as stop, caption_actors(cfg, out_dir) as actors:
+        todo = {s.shard_id for s in shards}
+        figures.begin(len(actors), shards_done=len(plan.shards) - len(todo),
+                      videos_done=sum(len(s.videos) for s in plan.shards
+                                      if s.shard_id not in todo))
         sched = Scheduler(cfg, plan, book.videos, actors)
         in_flight: list[dict[str, int]] = [{} for _ in actors]
         with RunProgress(console, show_progress, len(book.videos), len(shards)) as progress:
             health = ModelHealthLine(len(actors), progress.bar, console)
             for _ in range(book.finish_all_complete()):
                 progress.shard_done()
+                figures.shard_done()
             last_poll = 0.0
             while sched.busy:
                 if stop.is_set():
@@ -69,7 +78,8 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                         status = sched.status_returned(tag, fut)
                         if status is not None:
                             in_flight[tag] = status.in_flight
-                            progress.in_flight(in_flight)
+                            figures.actor(tag, status.figures)
+                            progress.in_flight(in_flight, figures.merged().endpoints)
                             health.report(tag, status.outages)
                     elif kind == "prepared":
                         pv: PreparedRefs = fut.result()
@@ -79,8 +89,10 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                         stats.frames_needed += pv.frames_needed
                         stats.cpu_s += pv.cpu_s
                         progress.video_done(len(pv.jobs), len(pv.failed))
+                        figures.video_done()
                         if book.video_prepared(tag[0], tag[1], len(pv.jobs), pv.failed):
                             progress.shard_done()
+                            figures.shard_done()
                     elif kind == "recaptioned":
                         shard_id, pos, row, actor = tag
                         sched.masklets_returned(actor, 1)
@@ -94,6 +106,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                         _unique_step(cfg, book, sched, shard_id, pos)
                         if book.finish_if_complete(shard_id):
                             progress.shard_done()
+                            figures.shard_done()
                     else:
                         shard_id, pos, task, keys, actor = tag
                         sched.masklets_returned(actor, len(keys))
@@ -113,6 +126,7 @@ def run_shards(out_dir: str | Path, plan: Plan, cfg: PipelineConfig, shards: lis
                             _unique_step(cfg, book, sched, shard_id, pos)
                             if book.finish_if_complete(shard_id):
                                 progress.shard_done()
+                                figures.shard_done()
                     event = sched.next_event(timeout=0)
             stats.model = _merge_model_stats(ray.get([a.stats.remote() for a in actors]))
             stats.model["peak_in_flight"] = dict(progress.peak_in_flight)

@@ -7,6 +7,7 @@ uniqueness step (``pipeline.uniqueness``) compares them; the shard waits for tha
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,6 +65,8 @@ class ShardBook:
         self.out_dir = out_dir
         self.plan = plan
         self.stats = stats
+        self.on_written: Callable[[list[RefSavRow]], None] | None = None
+        """Told the rows this run made for each shard it writes (the run's metrics)."""
         self.work: dict[int, _ShardWork] = {}
         self.videos: list[VideoTask] = []
         for shard in shards:
@@ -167,6 +170,8 @@ class ShardBook:
         self.stats.rows += marker.rows
         for k, v in marker.by_status.items():
             self.stats.by_status[k] = self.stats.by_status.get(k, 0) + v
+        if self.on_written is not None:
+            self.on_written(list(w.rows.values()))
         del self.work[shard_id]
         return True
 

@@ -1,7 +1,8 @@
 """``refsav status``: where a run stands, from its plan and shard markers alone.
 
 Parquet files are only stat'ed (size and mtime against the marker), never read, unless
-``verify`` asks to re-hash every one.
+``verify`` asks to re-hash every one. With ``endpoints``, each model endpoint of the run's config
+is asked for vLLM's own figures now (running, waiting, KV use), as the progress line shows them.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rich.console import Console
 from rich.table import Table
 
+from refsav_pipeline.config import PipelineConfig
 from refsav_pipeline.pipeline.lease import read_lease
-from refsav_pipeline.pipeline.plan import load_plan
+from refsav_pipeline.pipeline.metrics import EndpointReading, gpu_line, read_endpoints
+from refsav_pipeline.pipeline.plan import CONFIG_FILE, load_plan
 from refsav_pipeline.pipeline.shards import ShardState, shard_states
 
 
@@ -38,10 +41,16 @@ class RunStatus(BaseModel):
     videos_per_s: float | None
     running: str | None = None  # who runs it now (from its lease), None if nobody
     eta_s: float | None  # 0 when done; otherwise only while a run is alive
+    endpoints: list[EndpointReading] = Field(default_factory=list)  # read now, if asked
 
 
-def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
+def run_status(out_dir: str | Path, *, verify: bool = False,
+               endpoints: bool = False) -> RunStatus:
     plan = load_plan(out_dir)
+    readings: list[EndpointReading] = []
+    if endpoints:
+        cfg = PipelineConfig.model_validate_json((Path(out_dir) / CONFIG_FILE).read_text())
+        readings = read_endpoints(cfg)
     states = shard_states(out_dir, plan, verify=verify)
     counts = Counter(state.value for state, _ in states.values())
     markers = [m for _, m in states.values() if m is not None]
@@ -79,6 +88,7 @@ def run_status(out_dir: str | Path, *, verify: bool = False) -> RunStatus:
         prompt_tokens=sum(m.prompt_tokens for m in markers),
         completion_tokens=sum(m.completion_tokens for m in markers),
         rows_per_s=rows_per_s, videos_per_s=videos_per_s, running=running, eta_s=eta,
+        endpoints=readings,
     )
 
 
@@ -110,4 +120,6 @@ def print_status(st: RunStatus, console: Console) -> None:
         t.add_row("throughput", f"{st.rows_per_s:.2f} rows/s, {st.videos_per_s:.2f} videos/s")
     if st.eta_s is not None:
         t.add_row("time left", "done" if st.eta_s == 0 else f"~{st.eta_s:.0f} s")
+    for e in st.endpoints:
+        t.add_row(f"{e.role} endpoint", gpu_line(e) if e.vllm else f"{e.endpoint}: {e.error}")
     console.print(t)

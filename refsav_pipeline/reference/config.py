@@ -38,6 +38,10 @@ class ReferenceServerConfig(_Section):
         description="the kinds drawn from; prompt_leak only on scene/video requests, "
         "same_video_caption only on video requests")
     seed: int = 0
+    kv_capacity: int | None = Field(
+        None, ge=1, description="behave like a continuous-batching engine: at most this many "
+        "requests of each model run at once (for latency_s), the rest wait in a queue; "
+        "KV use = running / kv_capacity (GET /metrics). None: no limit")
     trust_request_mm_kwargs: bool | None = Field(
         None, description="accept per-request mm_processor_kwargs (vLLM's trust option); "
         "None: as `refsav serve vllm` starts each model")

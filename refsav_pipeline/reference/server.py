@@ -35,7 +35,8 @@ from typing import Any
 import numpy as np
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from refsav_pipeline.colors import color_terms_in, highlight_mask
 from refsav_pipeline.llm.budget import DEFAULT_MAX_DYNAMIC_PATCH, image_tokens
@@ -50,6 +51,7 @@ from refsav_pipeline.reference.vision import (
     see_object,
     see_outlined,
 )
+from refsav_pipeline.reference.vllm_metrics import Engine, VllmExporter
 
 OWNER = "refsav-reference"
 INLINE_IMAGE_BYTES = 8192
@@ -212,10 +214,15 @@ def _respond(text: str, images: list[bytes]) -> tuple[str, str, list[tuple[int, 
 
 def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
                record_bodies: bool = False) -> FastAPI:
-    """The FastAPI app; ``app.state.stats`` holds the counters (and bodies, if recording)."""
+    """The FastAPI app; ``app.state.stats`` holds the counters (and bodies, if recording),
+    ``app.state.engines`` each model's batch (``reference.vllm_metrics``)."""
     app = FastAPI(title="refsav reference server", docs_url=None, redoc_url=None)
     stats = ServerStats(bodies=[] if record_bodies else None)
     app.state.stats = stats
+    registry = CollectorRegistry()
+    exporter = VllmExporter(registry)
+    engines = {m.name: Engine(m.name, cfg.kv_capacity, exporter) for m in models}
+    app.state.engines = engines
     by_name = {m.name: m for m in models}
     rng = random.Random(cfg.seed)
     created = int(time.time())
@@ -231,6 +238,10 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
         return {"object": "list", "data": [
             {"id": m.name, "object": "model", "created": created, "owned_by": OWNER,
              "root": m.name, "parent": None} for m in models]}
+
+    @app.get("/metrics")
+    async def metrics() -> Response:  # vLLM's names and labels, at the root as in vLLM
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/stats")
     async def get_stats() -> dict[str, Any]:
@@ -275,8 +286,9 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
                                f"{served.max_model_len}. Please request fewer output tokens.")
         wants_json = (body.get("response_format") or {}).get("type") in ("json_schema",
                                                                            "json_object")
-        if cfg.latency_s:
-            await asyncio.sleep(cfg.latency_s)
+        async with engines[name].batch_slot():  # the latency is the request's time in a batch
+            if cfg.latency_s:
+                await asyncio.sleep(cfg.latency_s)
 
         fault = None
         if cfg.fault_rate and rng.random() < cfg.fault_rate:
@@ -322,6 +334,7 @@ def create_app(models: list[ServedModel], cfg: ReferenceServerConfig, *,
                 content, finish_reason = (bad_verdict(bad, json.loads(content))
                                           if kind == "judge" else bad_text(bad, kind, content))
         completion_tokens = _count_tokens(content or "")
+        engines[name].tokens(prompt_tokens, completion_tokens)
         return JSONResponse({  # as is: FastAPI's jsonable_encoder pass is wasted on plain JSON
             "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion",
             "created": int(time.time()), "model": name,

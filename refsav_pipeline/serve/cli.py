@@ -38,6 +38,9 @@ def reference(
              "loop, leak, not English, same video caption): docs/quality.md")] = None,
     bad_answers: Annotated[str | None, typer.Option(
         help="comma-separated bad kinds to draw from (default: all)")] = None,
+    kv_capacity: Annotated[int | None, typer.Option(
+        min=1, help="at most N requests per model run at once, the rest wait (as in vLLM's "
+        "continuous batching; shown at /metrics)")] = None,
     trust_request_mm_kwargs: Annotated[bool | None, typer.Option(
         "--trust-request-mm-kwargs/--no-trust-request-mm-kwargs",
         help="accept per-request mm_processor_kwargs, like vLLM's flag (default: as "
@@ -60,13 +63,14 @@ def reference(
                               "trust_request_mm_kwargs": trust_request_mm_kwargs,
                               "bad_answer_rate": bad_answer_rate,
                               "bad_answers": kinds,
+                              "kv_capacity": kv_capacity,
                               }.items()
             if v is not None}
     rs = cfg.reference_server.model_validate({**cfg.reference_server.model_dump(), **over})
     names = ", ".join(m.name for m in served_models(cfg.models, rs))
     typer.echo(f"reference server on http://{rs.host}:{rs.port}/v1 serving {names} "
                f"(latency {rs.latency_s}s, fault rate {rs.fault_rate}, bad answer rate "
-               f"{rs.bad_answer_rate})", err=True)
+               f"{rs.bad_answer_rate}, KV capacity {rs.kv_capacity or 'unlimited'})", err=True)
     run_server(cfg.models, rs)
 
 
@@ -120,8 +124,10 @@ def vllm(
         m = getattr(cfg.models, role)
         cap = replica_capacity(m.model, m.vllm)
         sizing = cap.explain() if cap else f"{m.model}: shape unknown, no KV arithmetic"
+        limit = (f"auto, starting at {m.start_concurrency}" if m.adaptive
+                 else str(m.max_concurrency))
         typer.echo(f"# {role} per replica: {sizing}; client max_concurrency "
-                   f"{m.max_concurrency} per endpoint", err=True)
+                   f"{limit} per endpoint", err=True)
     if dry_run:
         for la in launches:
             where = ("local" if address is None
