@@ -31,6 +31,15 @@ def synth_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Eight synthetic videos for the tests that run `refsav` as a process (kill, outage,
+    operations); a module may define its own ``sample`` instead."""
+    root = tmp_path_factory.mktemp("sav8")
+    synth_sav(root, videos=8, seed=5)
+    return root
+
+
+@pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
     """A new local Ray instance (never a stale `ray start` or $RAY_ADDRESS), as `refsav run`."""
     ray.init(address="local", num_cpus=2, include_dashboard=False,

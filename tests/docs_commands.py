@@ -24,12 +24,21 @@ class DocCommand:
     text: str  # the command as written (continuations joined, comment dropped)
     fenced: bool  # from a code block (a full command line), or an inline span (a synopsis)
 
+    def words(self) -> list[str]:
+        return shlex.split(self.text, comments=True) if self.fenced else _synopsis(self.text)
+
+    @property
+    def background(self) -> bool:
+        """Started with a trailing `&` (a server the next lines use)."""
+        return self.fenced and self.words()[-1:] == ["&"]
+
     def argv(self) -> list[str]:
-        """The arguments after `refsav` (env assignments and the program path dropped)."""
-        words = shlex.split(self.text, comments=True) if self.fenced else _synopsis(self.text)
+        """The arguments after `refsav` (env assignments, the program path and a trailing `&`
+        dropped)."""
+        words = self.words()
         while words and "=" in words[0] and not words[0].startswith("-"):
             words.pop(0)
-        return words[1:]
+        return words[1:-1] if self.background else words[1:]
 
 
 def _synopsis(text: str) -> list[str]:

@@ -39,13 +39,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sav8")
-    synth_sav(root, videos=8, seed=5)
-    return root
-
-
-@pytest.fixture(scope="module")
 def server() -> Iterator[str]:
     with reference_server(free_port(), "--latency", "0.1") as url:
         yield url

@@ -34,16 +34,8 @@ from refsav_pipeline.pipeline.cli import free_port, reference_server
 from refsav_pipeline.records import read_rows
 from refsav_pipeline.reference.config import ReferenceServerConfig
 from refsav_pipeline.reference.server import ReferenceServer
-from refsav_pipeline.sav.synth import synth_sav
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sav8")
-    synth_sav(root, videos=8, seed=5)
-    return root
 
 
 @pytest.fixture(scope="module")

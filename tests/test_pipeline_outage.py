@@ -34,7 +34,6 @@ from pipeline_helpers import (
 
 from refsav_pipeline.pipeline.cli import free_port
 from refsav_pipeline.records import read_rows
-from refsav_pipeline.sav.synth import synth_sav
 
 pytestmark = pytest.mark.slow
 
@@ -90,13 +89,6 @@ def serving(port: int) -> Iterator[Server]:
 
 def _error_lines(text: str) -> list[str]:
     return [ln for ln in text.splitlines() if ln.startswith("error:")]
-
-
-@pytest.fixture(scope="module")
-def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("sav8")
-    synth_sav(root, videos=8, seed=5)
-    return root
 
 
 

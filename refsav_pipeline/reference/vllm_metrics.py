@@ -82,31 +82,25 @@ class Engine:
 
     @asynccontextmanager
     async def batch_slot(self) -> AsyncIterator[None]:
-        """Hold a place in the running batch for the request's time on the "GPU"."""
-        if self._slots is None:
-            self.running += 1
+        """Hold a place in the running batch for the request's time on the "GPU" (waiting in
+        the queue first when the batch is full; no queue without a capacity)."""
+        if self._slots is not None:
+            self.waiting += 1
+            self.peak_waiting = max(self.peak_waiting, self.waiting)
             self._show()
             try:
-                yield
+                await self._slots.acquire()
             finally:
-                self.running -= 1
+                self.waiting -= 1
                 self._show()
-            return
-        self.waiting += 1
-        self.peak_waiting = max(self.peak_waiting, self.waiting)
-        self._show()
-        try:
-            await self._slots.acquire()
-        finally:
-            self.waiting -= 1
-            self._show()
         self.running += 1
         self._show()
         try:
             yield
         finally:
             self.running -= 1
-            self._slots.release()
+            if self._slots is not None:
+                self._slots.release()
             self._show()
 
     def tokens(self, prompt: int, completion: int) -> None:
