@@ -5,6 +5,7 @@ and no traceback unless ``--debug``."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -52,21 +53,41 @@ def test_run_without_a_model_server_refuses_at_once_with_the_hint(
     assert "Traceback" not in res.stderr and not out.exists()
 
 
-@pytest.mark.parametrize("make", ["missing", "file", "empty"])
+@pytest.mark.parametrize("make", ["missing", "file", "empty", "json_only"])
 def test_run_checks_the_sav_root_before_anything(tmp_path: Path, make: str,
-                                                 dead_config: tuple[Path, str]) -> None:
+                                                 dead_config: tuple[Path, str],
+                                                 real_sav_dir: Path) -> None:
     root = tmp_path / "sav"
     if make == "file":
         root.write_text("not a folder")
     elif make == "empty":
         (root / "sav_train").mkdir(parents=True)
+    elif make == "json_only":  # annotations, but no mp4 beside any: every row would fail
+        (root / "sav_train" / "sav_000").mkdir(parents=True)
+        shutil.copy(real_sav_dir / "sav_000001_manual.json", root / "sav_train" / "sav_000")
     out = tmp_path / "out"
     res = CliRunner().invoke(app, ["run", "--sav-root", str(root), "--out", str(out),
                                    "--config", str(dead_config[0]), "--no-progress"])
     assert res.exit_code == 2, res.output
     (line,) = _error_lines(res.output)
     assert str(root) in line and "--sav-root" in line
+    if make == "json_only":
+        assert "no video: no <video>.mp4 next to any *_manual.json" in line
     assert not out.exists()  # an empty root never ties --out to it
+
+
+def test_videos_without_their_mp4_are_named_and_stay_in_the_plan(synth_root: Path,
+                                                                tmp_path: Path) -> None:
+    from refsav_pipeline.pipeline.preflight import check_sav_root
+    from refsav_pipeline.sav.index import scan_sav_root
+
+    root = tmp_path / "sav"
+    shutil.copytree(synth_root, root)
+    gone = scan_sav_root(root).videos[1]
+    (root / gone.video_path).unlink()
+    index = scan_sav_root(root)
+    assert index.without_mp4 == [gone.video_id] and gone in index.videos
+    assert len(check_sav_root(root)) == len(index.videos)  # a warning, not a refusal
 
 
 @pytest.fixture

@@ -23,7 +23,8 @@ SAV_ROOT_FIX = ("pass the folder that holds sav_train/ (or the <video>_manual.js
 
 def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
     """The videos under ``root``; an ``InputError`` (ending with ``fix``) if it is missing, a
-    file, or has none."""
+    file, or has no video (no annotation, or no mp4 beside any). Videos without their mp4 are
+    named in a warning and stay in the plan: their rows fail as ``video_missing``."""
     if not root.exists():
         raise InputError(f"SA-V root {root} does not exist: {fix}")
     if not root.is_dir():
@@ -38,6 +39,16 @@ def check_sav_root(root: Path, fix: str = SAV_ROOT_FIX) -> list[SavVideoRef]:
     if not videos:
         raise InputError(f"SA-V root {root} holds no video (no *_manual.json under it): "
                          f"{fix}")
+    missing = index.without_mp4
+    if len(missing) == len(videos):
+        raise InputError(f"SA-V root {root} holds {len(videos)} annotation file(s) but no "
+                         f"video: no <video>.mp4 next to any *_manual.json (e.g. "
+                         f"{videos[0].video_path}): {fix}")
+    if missing:
+        more = ", …" if len(missing) > 3 else ""
+        typer.echo(f"warning: {len(missing)} of {len(videos)} videos have no .mp4 next to "
+                   f"their annotations ({', '.join(missing[:3])}{more}): their rows will fail "
+                   "as video_missing", err=True)
     return videos
 
 

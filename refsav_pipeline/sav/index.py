@@ -35,6 +35,7 @@ class SavIndex(BaseModel):
 
     videos: list[SavVideoRef]
     skipped: dict[str, list[str]] = {}  # reason -> paths relative to the root
+    without_mp4: list[str] = []  # video ids whose folder lists no {id}.mp4 (rows: video_missing)
 
     def skipped_line(self) -> str:
         """``skipped 2 paths: not a regular file (FIFO, device or folder) 1: a/b.mp4, …``"""
@@ -80,6 +81,7 @@ def scan_sav_root(root: str | Path) -> SavIndex:
         raise FileNotFoundError(f"SA-V root {root} is not a directory")
     skipped: dict[str, list[str]] = {}
     found: list[tuple[Path, bool]] = []
+    without_mp4: list[str] = []
     seen: set[tuple[int, int]] = set()
     todo = [root]
     while todo:
@@ -107,6 +109,8 @@ def scan_sav_root(root: str | Path) -> SavIndex:
             vid = name.removesuffix(MANUAL_SUFFIX)
             if kinds.get(vid + VIDEO_SUFFIX, "file") != "file":
                 continue  # its video is a FIFO or device: counted above, never opened
+            if vid + VIDEO_SUFFIX not in kinds:
+                without_mp4.append(vid)
             found.append((folder / name, kinds.get(vid + AUTO_SUFFIX) == "file"))
     refs: dict[str, SavVideoRef] = {}
     for manual, has_auto in sorted(found):
@@ -118,7 +122,8 @@ def scan_sav_root(root: str | Path) -> SavIndex:
             )
         refs[ref.video_id] = ref
     return SavIndex(videos=[refs[k] for k in sorted(refs)],
-                    skipped={k: sorted(v) for k, v in sorted(skipped.items())})
+                    skipped={k: sorted(v) for k, v in sorted(skipped.items())},
+                    without_mp4=sorted(without_mp4))
 
 
 def index_sav_root(root: str | Path) -> list[SavVideoRef]:
