@@ -45,7 +45,7 @@ def test_a_typo_gets_a_did_you_mean_and_no_pydantic_dump(synth_root: Path,
     assert "unknown key `run.shard_sizee` (did you mean `shard_size`?)" in line
     assert "unknown key `client.max_atempts` (did you mean `max_attempts`" in line
     assert "`render.jpeg_quality`:" in line and "(got 1000)" in line
-    assert "unknown key `bogus` (known keys here: client, decode," in line
+    assert "unknown key `bogus` (known keys here: checks, client, decode," in line
     assert "pydantic" not in line and "http" not in line and "[type=" not in line
 
 

@@ -186,7 +186,10 @@ def test_card_says_how_it_was_made_and_what_is_in_it(ex: dict) -> None:
     assert f"| `ok` | – | {sum(r.status == 'ok' for r in rows)} |" in text
     assert f"| `failed` | server_error | {failed} |" in text
     assert "`OpenGVLab/InternVL2-Llama3-76B`" in text and "`Qwen/Qwen2-72B-Instruct`" in text
-    for path in DEFAULT_PROMPTS_DIR.glob("*.yaml"):  # the hash of each file the rows name
+    named = {f"{ref.replace('@v', '.v')}.yaml" for r in rows
+             for ref in r.prompt_versions.model_dump().values() if ref}
+    assert len(named) == 5  # the five calls (a contrastive re-caption would add its prompt)
+    for path in (DEFAULT_PROMPTS_DIR / name for name in sorted(named)):  # each file the rows name
         assert hashlib.sha256(path.read_bytes()).hexdigest() in text
         assert (ex["hf"] / "provenance" / "prompts" / path.name).read_bytes() \
             == path.read_bytes()

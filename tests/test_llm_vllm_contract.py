@@ -140,7 +140,9 @@ def test_shipped_real_config_runs_against_the_contract_server(
         key = _call_of(b)
         if len(json.dumps(b)) > len(json.dumps(largest.get(key, {}))):
             largest[key] = b
-    assert sorted(largest) == sorted(PROMPT_KEYS)
+    # every call of a clean run; the contrastive re-caption is asked only for objects whose
+    # expressions collide, which the synthetic videos' distinct objects never do
+    assert sorted(largest) == sorted(k for k in PROMPT_KEYS if k != "video_contrastive")
     video = largest["video"]
     assert sum(p.get("type") == "image_url" for p in video["messages"][-1]["content"]) == 8
     for b in largest.values():

@@ -67,8 +67,8 @@ def test_driver_serves_the_actors_figures_summed(tmp_path: Path) -> None:
     run.begin(2, shards_done=1, videos_done=2)
     run.actor(0, figs[0])
     run.actor(1, figs[1])
-    run.row(RefSavRow.model_construct(status="ok", error_kind=None))
-    run.row(RefSavRow.model_construct(status="failed", error_kind="model_error"))
+    run.rows_written([RefSavRow.model_construct(status="ok", error_kind=None),
+                      RefSavRow.model_construct(status="failed", error_kind="model_error")])
     run.video_done()
     run.shard_done()
     judge, url = models.judge.model, srv.url

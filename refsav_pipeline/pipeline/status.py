@@ -48,9 +48,9 @@ def run_status(out_dir: str | Path, *, verify: bool = False,
                endpoints: bool = False) -> RunStatus:
     plan = load_plan(out_dir)
     readings: list[EndpointReading] = []
-    if endpoints:
-        cfg = PipelineConfig.model_validate_json((Path(out_dir) / CONFIG_FILE).read_text())
-        readings = read_endpoints(cfg)
+    config = Path(out_dir) / CONFIG_FILE
+    if endpoints and config.is_file():  # a run planned but never started has no config yet
+        readings = read_endpoints(PipelineConfig.model_validate_json(config.read_text()))
     states = shard_states(out_dir, plan, verify=verify)
     counts = Counter(state.value for state, _ in states.values())
     markers = [m for _, m in states.values() if m is not None]
