@@ -27,7 +27,7 @@ class RunProgress:
         self.videos = self.bar.add_task("videos", total=videos, note="")
         self.masklets = self.bar.add_task("masklets", total=0, note="")
         self.shards = self.bar.add_task("shards", total=shards, note="")
-        self.gpu = self.bar.add_task("", total=None, visible=False)
+        self.gpu = self.bar.add_task("endpoints", total=None, visible=False, note="")
         self.peak_in_flight: dict[str, int] = {}
 
     def __enter__(self) -> RunProgress:
@@ -64,6 +64,6 @@ class RunProgress:
         self.bar.update(self.masklets, note=note)
         if endpoints:
             gpu = "; ".join(gpu_line(e) for e in endpoints)
-            self.bar.update(self.gpu, description=f"endpoints: {gpu}", visible=True)
+            self.bar.update(self.gpu, note=gpu, visible=True)
 
 
