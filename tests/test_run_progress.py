@@ -24,3 +24,5 @@ def test_bars_render_with_in_flight_and_endpoint_lines() -> None:
         assert "in flight: captioner 3, judge 1" in drawn
         assert "127.0.0.1:8000 in flight 3/16 (no vLLM metrics)" in drawn
     assert progress.peak_in_flight == {"captioner": 3, "judge": 1}
+    last = out.getvalue().rsplit("videos", 1)[-1]  # the final drawing: nothing in flight
+    assert "in flight" not in last

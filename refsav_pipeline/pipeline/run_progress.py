@@ -11,19 +11,29 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.table import Column
 
 from refsav_pipeline.llm.telemetry import EndpointFigures
 from refsav_pipeline.pipeline.metrics import gpu_line
+
+NOTE_SPARE = 66
+"""Columns the names, bar, counts and times take: the note gets the rest of the line."""
 
 
 class RunProgress:
     """Bars for videos, masklets and shards, and the requests each model has in flight."""
 
     def __init__(self, console: Console | None, enabled: bool, videos: int, shards: int) -> None:
-        self.bar = Progress(TextColumn("{task.description:<10}"), BarColumn(),
-                            MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[note]}"), console=console,
-                            disable=not enabled, transient=False)
+        # names and counts keep their width; a long note (the endpoints' line) is cut, not
+        # the names ("vid…") nor wrapped over several lines
+        self.bar = Progress(TextColumn("{task.description:<10}",
+                                       table_column=Column(min_width=10, no_wrap=True)),
+                            BarColumn(bar_width=24), MofNCompleteColumn(), TimeElapsedColumn(),
+                            TimeRemainingColumn(),
+                            TextColumn("{task.fields[note]}", table_column=Column(
+                                no_wrap=True, overflow="ellipsis",
+                                max_width=max(16, (console or Console()).width - NOTE_SPARE))),
+                            console=console, disable=not enabled, transient=False)
         self.videos = self.bar.add_task("videos", total=videos, note="")
         self.masklets = self.bar.add_task("masklets", total=0, note="")
         self.shards = self.bar.add_task("shards", total=shards, note="")
@@ -35,8 +45,9 @@ class RunProgress:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        # however the run ended, nothing is in flight any more: the last line says so
+        # however the run ended, nothing is in flight any more: the last lines say so
         self.bar.update(self.masklets, note="")
+        self.bar.update(self.gpu, visible=False)
         self.bar.__exit__(None, None, None)
 
     def video_done(self, jobs: int, failed: int) -> None:
