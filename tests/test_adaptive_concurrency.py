@@ -205,3 +205,15 @@ def test_preemptions_cut_by_decrease_and_the_cut_drains_before_another() -> None
     ctl.sample = VllmSample(running=35, waiting=0, kv_usage=0.6, preemptions=6, at=2)
     ctl._adjust(VllmSample(running=35, waiting=0, kv_usage=0.6, preemptions=6, at=3))
     assert ctl.limit == int(JUDGE_START * 0.7) + 4 and ctl.last_step == "raise"
+
+
+def test_timeouts_at_an_idle_server_cut_without_dividing_by_its_empty_batch() -> None:
+    """A request that hangs in front of the engine (a proxy, a load balancer) times out while
+    the engine runs nothing and queues nothing: the cut is ×0.7, not a division by zero that
+    would stop the readings."""
+    ctl = ConcurrencyController("http://gpu:8100/v1", ModelsConfig().judge,
+                                ConcurrencyConfig(), 1.0)
+    ctl.semaphore.active = JUDGE_START
+    ctl.timed_out()
+    ctl._adjust(VllmSample(running=0, waiting=0, kv_usage=0.0, preemptions=0, at=1))
+    assert ctl.limit == int(JUDGE_START * 0.7) and ctl.last_step == "cut: timeouts"

@@ -205,10 +205,9 @@ class ConcurrencyController:
             if ours > lim:
                 self.last_step = "hold: draining the last cut"
                 return
-            share = math.ceil(lim * (s.running + band) / (s.running + s.waiting))
-            new = math.floor(lim * c.decrease) if preempted or timeouts else share
-            if queue:
-                new = min(new, share)
+            new = math.floor(lim * c.decrease) if preempted or timeouts else lim
+            if queue:  # to the share the server runs (waiting > band >= 2: no zero here)
+                new = min(new, math.ceil(lim * (s.running + band) / (s.running + s.waiting)))
             why = "preemptions" if preempted else "timeouts" if timeouts else "queue"
             self._set(new, f"cut: {why}")
         elif s.waiting == 0 and s.kv_usage < c.kv_target and (sem.waiting or ours >= lim):
