@@ -98,7 +98,10 @@ class RunFigures:
         self.shards_total = shards_total
         self.shards_done = 0
         self.videos_done = 0
-        self.rows: Counter[tuple[str, str]] = Counter()
+        # the ok series exists from the start at 0: rows are counted as shards are written, so
+        # without it the first shard's rows would be the series' first sample and rate() over
+        # it would find nothing until the second shard
+        self.rows: Counter[tuple[str, str]] = Counter({("ok", ""): 0})
         self._actors: list[SessionFigures | None] = []
         self._gone = SessionFigures()
         self._lock = threading.Lock()
